@@ -1,0 +1,118 @@
+//! Command-line interface: clap definitions and one small file per command. This is the
+//! only place that prints, and the only place that picks exit codes (docs/cli.md).
+
+mod fsck;
+mod gc;
+mod images;
+mod import;
+mod inspect;
+mod output;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::store::Store;
+
+/// Exit code for coracle's own failures (bad flags, missing image, store problems).
+pub const EXIT_ERROR: i32 = 125;
+
+#[derive(Parser, Debug)]
+#[command(name = "coracle", version, about = "A daemonless container runtime", propagate_version = true)]
+pub struct Cli {
+    /// Store directory.
+    #[arg(long, global = true, env = "CORACLE_ROOT", default_value = "/var/lib/coracle", value_name = "DIR")]
+    root: PathBuf,
+    /// Directory for the state of running containers.
+    #[arg(long, global = true, env = "CORACLE_STATE", default_value = "/run/coracle", value_name = "DIR")]
+    state: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Copy an image into the store from oci:DIR[:REF], oci-archive:FILE[:REF] or docker-archive:FILE[:NAME:TAG]
+    Pull(import::PullArgs),
+    /// Load every image of a docker-save or OCI archive tarball (format detected from content)
+    Load(import::LoadArgs),
+    /// Make a one-layer image from a rootfs tarball (FILE, or - for standard input)
+    Import(import::ImportArgs),
+    /// List images
+    Images(images::ImagesArgs),
+    /// Show an image's names, digests, platform, layers and config as JSON
+    Inspect(inspect::InspectArgs),
+    /// Give an image another name
+    Tag(images::TagArgs),
+    /// Remove image names, and images left without names
+    Rmi(images::RmiArgs),
+    /// Delete what no image needs: blobs, layers, tmp debris, dead containers' dirs
+    #[command(visible_alias = "prune")]
+    Gc,
+    /// Verify every blob, layer and image record; --repair drops what is broken
+    Fsck(fsck::FsckArgs),
+}
+
+/// A command's failure: its message and the exit code it maps to.
+pub struct Failure {
+    pub code: i32,
+    pub message: String,
+}
+
+impl<E: std::error::Error> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure { code: EXIT_ERROR, message: e.to_string() }
+    }
+}
+
+pub type CmdResult = Result<i32, Failure>;
+
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_ERROR } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    let verb = command_name(&cli.command);
+    match run(cli) {
+        Ok(code) => code,
+        Err(f) => {
+            // One line, always: supervisors and journald show the first line only.
+            eprintln!("coracle: {verb}: {}", f.message.replace('\n', " "));
+            f.code
+        }
+    }
+}
+
+fn command_name(c: &Command) -> &'static str {
+    match c {
+        Command::Pull(_) => "pull",
+        Command::Load(_) => "load",
+        Command::Import(_) => "import",
+        Command::Images(_) => "images",
+        Command::Inspect(_) => "inspect",
+        Command::Tag(_) => "tag",
+        Command::Rmi(_) => "rmi",
+        Command::Gc => "gc",
+        Command::Fsck(_) => "fsck",
+    }
+}
+
+fn run(cli: Cli) -> CmdResult {
+    let store = Store::open(&cli.root)?;
+    let _ = &cli.state;
+    match cli.command {
+        Command::Pull(a) => import::pull(&store, a),
+        Command::Load(a) => import::load(&store, a),
+        Command::Import(a) => import::import(&store, a),
+        Command::Images(a) => images::images(&store, a),
+        Command::Inspect(a) => inspect::inspect(&store, a),
+        Command::Tag(a) => images::tag(&store, a),
+        Command::Rmi(a) => images::rmi(&store, a),
+        Command::Gc => gc::gc(&store),
+        Command::Fsck(a) => fsck::fsck(&store, a),
+    }
+}

@@ -1,0 +1,124 @@
+//! The one import path every local format goes through: resolve an index to a platform
+//! manifest, then commit config, layers, manifest, record and names, in that order.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::manifest::{self, Descriptor, Document, Manifest};
+use super::source::BlobSource;
+use super::{config, platform, source_err, ImageError, Result};
+use crate::digest::Digest;
+use crate::reference::Reference;
+use crate::store::images::{ImageRecord, LayerRecord, Platform};
+use crate::store::layers::LayerBlob;
+use crate::store::Store;
+
+/// An image that an import committed, with the names it got.
+#[derive(Debug, Clone)]
+pub struct Imported {
+    pub record: ImageRecord,
+    pub names: Vec<Reference>,
+}
+
+/// A platform manifest ready to import.
+pub struct Resolved {
+    pub manifest: Manifest,
+    pub media_type: String,
+    pub bytes: Vec<u8>,
+    pub digest: Digest,
+}
+
+const MAX_INDEX_DEPTH: usize = 4;
+
+/// Reads `desc` from `src` (verified) and, if it is an index, picks the manifest for
+/// `want` (recursively, for nested indexes).
+pub fn resolve(src: &dyn BlobSource, desc: &Descriptor, want: &Platform) -> Result<Resolved> {
+    let mut desc = desc.clone();
+    for _ in 0..MAX_INDEX_DEPTH {
+        let bytes = src.read_document(&desc.digest).map_err(|e| source_err(src.name(), e))?;
+        crate::store::blobs::verify(&desc.digest, Some(desc.size), &Digest::of(&bytes), bytes.len() as u64)?;
+        let doc = manifest::parse(&bytes, Some(&desc.media_type))
+            .map_err(|source| ImageError::Manifest { at: format!("{} {}", src.name(), desc.digest), source })?;
+        match doc {
+            Document::Manifest(manifest, media_type) => {
+                return Ok(Resolved { manifest, media_type, bytes, digest: desc.digest });
+            }
+            Document::Index(idx) => desc = select_platform(src.name(), &idx.manifests, want)?.clone(),
+        }
+    }
+    Err(source_err(src.name(), "image indexes nested too deeply"))
+}
+
+/// The best entry of an index for `want`; entries without a platform are skipped (they
+/// are attestations and other artifacts).
+pub fn select_platform<'a>(name: &str, entries: &'a [Descriptor], want: &Platform) -> Result<&'a Descriptor> {
+    let mut best: Option<(u32, &Descriptor)> = None;
+    for d in entries {
+        let Some(p) = &d.platform else { continue };
+        if let Some(s) = platform::score(want, p) {
+            if best.is_none_or(|(b, _)| s > b) {
+                best = Some((s, d));
+            }
+        }
+    }
+    best.map(|(_, d)| d).ok_or_else(|| {
+        let mut have: Vec<String> = entries
+            .iter()
+            .filter_map(|d| d.platform.as_ref())
+            .map(|p| platform::normalize(&p.os, &p.architecture, p.variant.as_deref()).to_string())
+            .collect();
+        have.dedup();
+        ImageError::NoPlatform {
+            source_name: name.to_owned(),
+            want: want.to_string(),
+            have: if have.is_empty() { "no platform-tagged images".into() } else { have.join(", ") },
+        }
+    })
+}
+
+/// Commits the image `r` from `src` into the store and names it.
+pub fn import_manifest(store: &Store, src: &dyn BlobSource, r: &Resolved, names: &[Reference]) -> Result<Imported> {
+    let m = &r.manifest;
+    let cfg_bytes = src.read_document(&m.config.digest).map_err(|e| source_err(src.name(), e))?;
+    let cfg = config::parse(&m.config.digest, &cfg_bytes)?;
+    if cfg.diff_ids.len() != m.layers.len() {
+        return Err(ImageError::Config {
+            digest: m.config.digest.clone(),
+            why: format!("lists {} diff_ids but the manifest has {} layers", cfg.diff_ids.len(), m.layers.len()),
+        });
+    }
+    store.put_blob(&m.config.digest, Some(m.config.size), &cfg_bytes)?;
+    let mut layers = Vec::with_capacity(m.layers.len());
+    let mut size = 0;
+    for (l, diff_id) in m.layers.iter().zip(&cfg.diff_ids) {
+        let blob = LayerBlob { digest: Some(l.digest.clone()), size: Some(l.size) };
+        let marker = store.ensure_layer(&blob, Some(diff_id), || src.open(&l.digest))?;
+        size += marker.size;
+        layers.push(LayerRecord {
+            blob: l.digest.clone(),
+            media_type: l.media_type.clone(),
+            size: l.size,
+            diff_id: diff_id.clone(),
+        });
+    }
+    store.put_blob(&r.digest, Some(r.bytes.len() as u64), &r.bytes)?;
+    let record = ImageRecord {
+        digest: r.digest.clone(),
+        media_type: r.media_type.clone(),
+        config: m.config.digest.clone(),
+        platform: cfg.platform,
+        layers,
+        created: cfg.created,
+        size,
+        loaded: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+    };
+    // Keep the first load time of an image imported again.
+    let record = match store.get_image(&record.digest) {
+        Ok(Some(old)) => ImageRecord { loaded: old.loaded, ..record },
+        _ => record,
+    };
+    store.put_image(&record)?;
+    for n in names {
+        store.set_ref(n, &record.digest)?;
+    }
+    Ok(Imported { record, names: names.to_vec() })
+}

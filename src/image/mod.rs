@@ -1,0 +1,167 @@
+//! Images: getting them into the store from local formats, and finding them again.
+//!
+//! Every source (OCI layout dir, OCI archive, docker-archive, rootfs tarball) is reduced
+//! to a [`BlobSource`] plus a manifest; [`import::import_manifest`] then verifies and
+//! commits config, layers, manifest, record and names, in that order, under a shared
+//! store lock so gc never sees a half-imported image.
+
+pub mod archive;
+pub mod config;
+pub mod docker;
+pub mod import;
+pub mod lookup;
+pub mod manifest;
+pub mod oci;
+pub mod platform;
+pub mod rootfs;
+pub mod source;
+
+use crate::digest::Digest;
+use crate::reference::ReferenceError;
+use crate::store::StoreError;
+
+pub use import::Imported;
+pub use manifest::ManifestError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Reference(#[from] ReferenceError),
+    #[error("{at}: {source}")]
+    Manifest { at: String, source: ManifestError },
+    #[error("{source_name}: {why}")]
+    Source { source_name: String, why: String },
+    #[error("image config {digest}: {why}")]
+    Config { digest: Digest, why: String },
+    #[error("{source_name}: no image for {want}; it has: {have}")]
+    NoPlatform { source_name: String, want: String, have: String },
+    #[error("image {0:?} not found in the store")]
+    NotFound(String),
+    #[error("{0:?} matches more than one image: {1}")]
+    AmbiguousId(String, String),
+    #[error("unknown source {0:?}: expected oci:DIR[:REF], oci-archive:FILE[:REF] or docker-archive:FILE[:NAME:TAG] (registry pulls are not supported yet)")]
+    UnknownTransport(String),
+    #[error("--tag names one image but {0} holds {1}")]
+    TagNeedsOneImage(String, usize),
+}
+
+pub type Result<T, E = ImageError> = std::result::Result<T, E>;
+
+pub(crate) fn source_err(source_name: &str, why: impl std::fmt::Display) -> ImageError {
+    ImageError::Source { source_name: source_name.to_owned(), why: why.to_string() }
+}
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::Path;
+
+use crate::layer::Compression;
+use crate::reference::Reference;
+use crate::store::Store;
+
+/// `coracle pull SOURCE` for the local transports.
+pub fn pull(store: &Store, source: &str, tag: Option<&Reference>) -> Result<Vec<Imported>> {
+    let (transport, rest) = source.split_once(':').ok_or_else(|| ImageError::UnknownTransport(source.to_owned()))?;
+    // Like skopeo: the path ends at the first ':'; what follows selects an image.
+    let (path, selector) = match rest.split_once(':') {
+        Some((p, s)) if !s.is_empty() => (p, Some(s)),
+        _ => (rest.trim_end_matches(':'), None),
+    };
+    if path.is_empty() {
+        return Err(source_err(source, "no path given"));
+    }
+    let want = platform::host();
+    let _hold = store.lock_shared()?;
+    let imported = match transport {
+        "oci" => oci::import_dir(store, Path::new(path), selector, tag, &want)?,
+        "oci-archive" => {
+            let name = format!("oci-archive:{path}");
+            let (index, _spool) = open_archive(store, &name, Path::new(path))?;
+            oci::import_archive(store, index, Path::new(path), name, selector, tag, &want)?
+        }
+        "docker-archive" => {
+            let sel = docker::parse_selector(selector)?;
+            let name = format!("docker-archive:{path}");
+            let (index, _spool) = open_archive(store, &name, Path::new(path))?;
+            docker::import_archive(store, &index, &name, &sel, tag)?
+        }
+        _ => return Err(ImageError::UnknownTransport(source.to_owned())),
+    };
+    Ok(imported)
+}
+
+/// `coracle load -i FILE`: a docker-save or OCI archive, told apart by content; `-` reads
+/// standard input. Every image in the archive is imported.
+pub fn load(store: &Store, file: &str, tag: Option<&Reference>) -> Result<Vec<Imported>> {
+    let _hold = store.lock_shared()?;
+    let name = if file == "-" { "stdin".to_owned() } else { file.to_owned() };
+    let (index, _spool) = if file == "-" {
+        let spool = spool(store, &name, io::stdin())?;
+        let f = File::open(&spool).map_err(|e| source_err(&name, e))?;
+        (
+            archive::TarIndex::build(f).map_err(|e| source_err(&name, format!("not a readable tar archive: {e}")))?,
+            Some(spool),
+        )
+    } else {
+        open_archive(store, &name, Path::new(file))?
+    };
+    if index.contains("manifest.json") {
+        docker::import_archive(store, &index, &name, &docker::Selector::All, tag)
+    } else if index.contains("oci-layout") {
+        oci::import_archive(store, index, Path::new(file), name, None, tag, &platform::host())
+    } else {
+        Err(source_err(&name, "neither a docker-save archive (no manifest.json) nor an OCI archive (no oci-layout)"))
+    }
+}
+
+/// `coracle import`: a rootfs tarball from a file or `-`.
+pub fn import_rootfs(store: &Store, file: &str, name: Option<&Reference>) -> Result<Imported> {
+    let _hold = store.lock_shared()?;
+    if file == "-" {
+        return rootfs::import(store, io::stdin(), name);
+    }
+    let f = File::open(file).map_err(|e| source_err(file, e))?;
+    rootfs::import(store, f, name)
+}
+
+/// Opens an archive for random access. A compressed one (`docker save | gzip`) is first
+/// decompressed into the store's tmp/ (returned so that it lives as long as the index).
+fn open_archive(store: &Store, name: &str, path: &Path) -> Result<(archive::TarIndex, Option<tempfile::TempPath>)> {
+    let mut f = File::open(path).map_err(|e| source_err(name, e))?;
+    let mut head = [0u8; 8];
+    let n = f.read(&mut head).map_err(|e| source_err(name, e))?;
+    let compression = Compression::sniff(&head[..n]).map_err(|e| source_err(name, e))?;
+    if compression == Compression::None {
+        let f = File::open(path).map_err(|e| source_err(name, e))?;
+        let index =
+            archive::TarIndex::build(f).map_err(|e| source_err(name, format!("not a readable tar archive: {e}")))?;
+        return Ok((index, None));
+    }
+    let f = File::open(path).map_err(|e| source_err(name, e))?;
+    let spool = spool(store, name, f)?;
+    let index = archive::TarIndex::build(File::open(&spool).map_err(|e| source_err(name, e))?)
+        .map_err(|e| source_err(name, format!("not a readable tar archive: {e}")))?;
+    Ok((index, Some(spool)))
+}
+
+/// Copies `input` (decompressing gzip/zstd) into a temporary file in the store.
+fn spool(store: &Store, name: &str, input: impl Read) -> Result<tempfile::TempPath> {
+    let mut buffered = io::BufReader::with_capacity(1 << 20, input);
+    let head = io::BufRead::fill_buf(&mut buffered).map_err(|e| source_err(name, e))?;
+    let compression = Compression::sniff(head).map_err(|e| source_err(name, e))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix("spool-")
+        .tempfile_in(store.root().join("tmp"))
+        .map_err(|e| source_err(name, format!("create temporary file: {e}")))?;
+    let copied = match compression {
+        Compression::None => io::copy(&mut buffered, tmp.as_file_mut()),
+        Compression::Gzip => io::copy(&mut flate2::bufread::MultiGzDecoder::new(buffered), tmp.as_file_mut()),
+        Compression::Zstd => {
+            zstd::stream::read::Decoder::with_buffer(buffered).and_then(|mut d| io::copy(&mut d, tmp.as_file_mut()))
+        }
+    };
+    copied.map_err(|e| source_err(name, format!("read archive: {e}")))?;
+    Ok(tmp.into_temp_path())
+}

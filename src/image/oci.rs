@@ -1,0 +1,164 @@
+//! OCI image layouts (image-spec image-layout.md), as a directory (`oci:DIR[:REF]`) or a
+//! tar archive of one (`oci-archive:FILE[:REF]`).
+
+use std::fs::File;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::archive::TarIndex;
+use super::import::{self, Imported};
+use super::manifest::{Descriptor, Index};
+use super::source::{ArchiveSource, BlobSource, DirSource};
+use super::{source_err, ImageError, Result};
+use crate::reference::Reference;
+use crate::store::images::Platform;
+use crate::store::Store;
+
+pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+const CONTAINERD_NAME: &str = "io.containerd.image.name";
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LayoutFile {
+    image_layout_version: String,
+}
+
+/// Parses `oci-layout` and `index.json` from their bytes.
+fn parse_layout(name: &str, layout: &[u8], index: &[u8]) -> Result<Index> {
+    let l: LayoutFile = serde_json::from_slice(layout).map_err(|e| source_err(name, format!("oci-layout: {e}")))?;
+    if l.image_layout_version != "1.0.0" {
+        return Err(source_err(name, format!("unsupported imageLayoutVersion {:?}", l.image_layout_version)));
+    }
+    let idx: Index = serde_json::from_slice(index).map_err(|e| source_err(name, format!("index.json: {e}")))?;
+    if idx.manifests.is_empty() {
+        return Err(source_err(name, "index.json lists no images"));
+    }
+    Ok(idx)
+}
+
+/// The name an index entry gives its image, if any (`fallback_repo` for bare tags).
+fn entry_name(d: &Descriptor, fallback_repo: &str) -> Option<Reference> {
+    if let Some(n) = d.annotation(CONTAINERD_NAME).and_then(|n| n.parse().ok()) {
+        return Some(n);
+    }
+    let r = d.annotation(REF_NAME)?;
+    if r.contains(['/', ':']) {
+        return r.parse().ok();
+    }
+    // A bare tag (what skopeo and umoci write): a local name after the layout's file name.
+    format!("localhost/{fallback_repo}:{r}").parse().ok()
+}
+
+/// A repository name made from a path's file name: lowercase, invalid characters dropped.
+fn repo_from_path(p: &Path) -> String {
+    let stem = p.file_name().and_then(|s| s.to_str()).unwrap_or("image");
+    let stem = stem.strip_suffix(".tar").unwrap_or(stem);
+    let s: String =
+        stem.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+    let s = s.trim_matches('-').to_owned();
+    if s.is_empty() {
+        "image".into()
+    } else {
+        s
+    }
+}
+
+/// Picks the index entries to import: the one named `selector`, or all of them.
+fn select<'a>(name: &str, idx: &'a Index, selector: Option<&str>) -> Result<Vec<&'a Descriptor>> {
+    match selector {
+        None => Ok(idx.manifests.iter().collect()),
+        Some(sel) => {
+            let found: Vec<_> = idx.manifests.iter().filter(|d| d.annotation(REF_NAME) == Some(sel)).collect();
+            if found.is_empty() {
+                let refs: Vec<_> = idx.manifests.iter().filter_map(|d| d.annotation(REF_NAME)).collect();
+                return Err(source_err(
+                    name,
+                    format!(
+                        "no image with ref name {sel:?}; it has: {}",
+                        if refs.is_empty() { "none".into() } else { refs.join(", ") }
+                    ),
+                ));
+            }
+            Ok(found)
+        }
+    }
+}
+
+fn import_all(
+    store: &Store,
+    src: &dyn BlobSource,
+    idx: &Index,
+    selector: Option<&str>,
+    tag: Option<&Reference>,
+    repo: &str,
+    want: &Platform,
+) -> Result<Vec<Imported>> {
+    let entries = select(src.name(), idx, selector)?;
+    if tag.is_some() && entries.len() > 1 {
+        return Err(ImageError::TagNeedsOneImage(src.name().to_owned(), entries.len()));
+    }
+    // Resolve everything before committing anything: a bad entry fails the whole import.
+    let mut resolved = Vec::new();
+    for d in &entries {
+        let names: Vec<Reference> = match tag {
+            Some(t) => vec![t.clone()],
+            None => entry_name(d, repo).into_iter().collect(),
+        };
+        resolved.push((import::resolve(src, d, want)?, names));
+    }
+    let mut out = Vec::new();
+    for (r, names) in resolved {
+        out.push(import::import_manifest(store, src, &r, &names)?);
+    }
+    Ok(out)
+}
+
+/// `oci:DIR[:REF]`
+pub fn import_dir(
+    store: &Store,
+    dir: &Path,
+    selector: Option<&str>,
+    tag: Option<&Reference>,
+    want: &Platform,
+) -> Result<Vec<Imported>> {
+    let name = format!("oci:{}", dir.display());
+    let read = |f: &str| std::fs::read(dir.join(f)).map_err(|e| source_err(&name, format!("{f}: {e}")));
+    let idx = parse_layout(&name, &read("oci-layout")?, &read("index.json")?)?;
+    let src = DirSource { dir: dir.to_path_buf(), name };
+    import_all(store, &src, &idx, selector, tag, &repo_from_path(dir), want)
+}
+
+/// An OCI archive already indexed.
+pub fn import_archive(
+    store: &Store,
+    index: TarIndex,
+    file: &Path,
+    name: String,
+    selector: Option<&str>,
+    tag: Option<&Reference>,
+    want: &Platform,
+) -> Result<Vec<Imported>> {
+    let read = |f: &str| index.read_small(f, 4 << 20).map_err(|e| source_err(&name, format!("{f}: {e}")));
+    let idx = parse_layout(&name, &read("oci-layout")?, &read("index.json")?)?;
+    let src = ArchiveSource { index, name };
+    import_all(store, &src, &idx, selector, tag, &repo_from_path(file), want)
+}
+
+/// `oci-archive:FILE[:REF]`
+pub fn import_archive_file(
+    store: &Store,
+    file: &Path,
+    selector: Option<&str>,
+    tag: Option<&Reference>,
+    want: &Platform,
+) -> Result<Vec<Imported>> {
+    let name = format!("oci-archive:{}", file.display());
+    let index = open_index(&name, file)?;
+    import_archive(store, index, file, name, selector, tag, want)
+}
+
+pub(crate) fn open_index(name: &str, file: &Path) -> Result<TarIndex> {
+    let f = File::open(file).map_err(|e| source_err(name, e))?;
+    TarIndex::build(f).map_err(|e| source_err(name, format!("not a readable tar archive: {e}")))
+}

@@ -1,0 +1,69 @@
+//! Where blobs come from during an import: an OCI layout directory, or members of a tar
+//! archive. Blob paths are built from validated digests only.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::PathBuf;
+
+use super::archive::TarIndex;
+use crate::digest::Digest;
+use crate::store::blobs::MAX_DOCUMENT;
+
+pub trait BlobSource: Sync {
+    /// A short name for messages, e.g. `oci:/srv/img`.
+    fn name(&self) -> &str;
+    /// Opens the blob `d` for streaming.
+    fn open(&self, d: &Digest) -> io::Result<Box<dyn Read + Send + '_>>;
+
+    /// Reads a small blob (manifest, index, config) whole, bounded.
+    fn read_document(&self, d: &Digest) -> io::Result<Vec<u8>> {
+        let mut data = Vec::new();
+        self.open(d)?.take(MAX_DOCUMENT + 1).read_to_end(&mut data)?;
+        if data.len() as u64 > MAX_DOCUMENT {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("blob {d} is larger than {MAX_DOCUMENT} bytes"),
+            ));
+        }
+        Ok(data)
+    }
+}
+
+/// `blobs/<alg>/<hex>` inside an OCI layout.
+pub fn layout_path(d: &Digest) -> String {
+    format!("blobs/{}/{}", d.algorithm(), d.hex())
+}
+
+/// An OCI image layout directory.
+pub struct DirSource {
+    pub dir: PathBuf,
+    pub name: String,
+}
+
+impl BlobSource for DirSource {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn open(&self, d: &Digest) -> io::Result<Box<dyn Read + Send + '_>> {
+        let p = self.dir.join(layout_path(d));
+        let f = File::open(&p).map_err(|e| io::Error::new(e.kind(), format!("blob {d}: {e}")))?;
+        crate::sys::advise_sequential(std::os::fd::AsFd::as_fd(&f));
+        Ok(Box::new(f))
+    }
+}
+
+/// An OCI layout inside a tar archive (an OCI archive, or a new-style `docker save`).
+pub struct ArchiveSource {
+    pub index: TarIndex,
+    pub name: String,
+}
+
+impl BlobSource for ArchiveSource {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn open(&self, d: &Digest) -> io::Result<Box<dyn Read + Send + '_>> {
+        let r = self.index.open(&layout_path(d)).map_err(|e| io::Error::new(e.kind(), format!("blob {d}: {e}")))?;
+        Ok(Box::new(r))
+    }
+}

@@ -1,0 +1,10 @@
+//! coracle: a daemonless container runtime. The library holds every capability; the
+//! `coracle` binary only parses arguments, calls in here and maps errors to exit codes.
+
+pub mod cli;
+pub mod digest;
+pub mod image;
+pub mod layer;
+pub mod reference;
+pub mod store;
+pub mod sys;
