@@ -114,7 +114,7 @@ impl<R: TarSource> TarReader<R> {
             }
             let header = Header::from_byte_slice(&block);
             verify_checksum(&block)?;
-            let size = header.entry_size()?;
+            let size = numeric(&header.as_old().size)?;
             match header.entry_type() {
                 EntryType::GNULongName => pending.long_name = Some(self.read_name(size)?),
                 EntryType::GNULongLink => pending.long_link = Some(self.read_name(size)?),
@@ -144,10 +144,12 @@ impl<R: TarSource> TarReader<R> {
             path: p.long_name.unwrap_or_else(|| header.path_bytes().into_owned()),
             link: p.long_link.unwrap_or_else(|| header.link_name_bytes().map(|l| l.into_owned()).unwrap_or_default()),
             kind,
-            mode: header.mode()? & 0o7777,
-            uid: header.uid()?,
-            gid: header.gid()?,
-            mtime: (header.mtime()? as i64, 0),
+            // Numeric fields through our own parser: empty fields (some writers leave
+            // uid/gid blank) read as 0 instead of failing the whole archive.
+            mode: numeric(&header.as_old().mode)? as u32 & 0o7777,
+            uid: numeric(&header.as_old().uid)?,
+            gid: numeric(&header.as_old().gid)?,
+            mtime: (numeric(&header.as_old().mtime)?.min(i64::MAX as u64) as i64, 0),
             dev: (0, 0),
             size: data_size,
             xattrs: Vec::new(),

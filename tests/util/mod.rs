@@ -53,7 +53,8 @@ impl Env {
     /// Runs coracle with `args` and `input` on stdin.
     pub fn run_stdin(&self, args: &[&str], input: &[u8]) -> Out {
         use std::io::Write;
-        let mut child = self.cmd().args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child =
+            self.cmd().args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         child.stdin.take().unwrap().write_all(input).unwrap();
         Out(child.wait_with_output().unwrap())
     }
@@ -164,9 +165,8 @@ pub fn default_image() -> Built {
 
 /// A command from the host that must exist (installed by the test command).
 pub fn need_tool(name: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
-        .unwrap_or(false);
+    let found =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file())).unwrap_or(false);
     assert!(found, "{name} is not installed: run the test command (scripts/test), which installs it");
 }
 
