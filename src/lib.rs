@@ -6,5 +6,6 @@ pub mod digest;
 pub mod image;
 pub mod layer;
 pub mod reference;
+pub mod run;
 pub mod store;
 pub mod sys;

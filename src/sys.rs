@@ -69,3 +69,245 @@ pub fn default_sigpipe() {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Process creation, signals and mounts for `coracle run`.
+
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+fn check_fd(ret: libc::c_long) -> io::Result<OwnedFd> {
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(ret as RawFd) })
+}
+
+/// `struct clone_args` (linux/sched.h), version 2 (size 88).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// What `clone3` returned on this side.
+pub enum Forked {
+    /// We are the new child.
+    Child,
+    /// We are the parent of `pid`, with a pidfd for it.
+    Parent { pid: libc::pid_t, pidfd: OwnedFd },
+}
+
+/// clone3(2) with fork semantics (no new stack) and `CLONE_PIDFD`, into new namespaces
+/// given by `ns_flags` (`CLONE_NEWPID | CLONE_NEWNS | …`). The caller must be
+/// single-threaded: the child continues from here with a copy of this thread only.
+pub fn clone3_fork(ns_flags: u64) -> io::Result<Forked> {
+    let mut pidfd: RawFd = -1;
+    let args = CloneArgs {
+        flags: ns_flags | libc::CLONE_PIDFD as u64,
+        pidfd: &mut pidfd as *mut RawFd as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..Default::default()
+    };
+    // SAFETY: args is a valid clone_args of the size we pass; with stack 0 the child runs
+    // on a copy of our stack like fork(2). The pidfd slot outlives the call.
+    let ret = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    match ret {
+        r if r < 0 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        // SAFETY: CLONE_PIDFD stored a new descriptor that only we own.
+        pid => Ok(Forked::Parent { pid: pid as libc::pid_t, pidfd: unsafe { OwnedFd::from_raw_fd(pidfd) } }),
+    }
+}
+
+/// pidfd_send_signal(2): signals exactly the process the pidfd names, never a recycled pid.
+pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: libc::c_int) -> io::Result<()> {
+    // SAFETY: plain syscall on a live fd; null siginfo means "as kill(2)".
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), sig, std::ptr::null::<u8>(), 0) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// close_range(2): closes every fd from `first` up.
+pub fn close_from(first: u32) -> io::Result<()> {
+    // SAFETY: closing descriptors we do not hold references to (callers guarantee this
+    // runs right before exec, when no Rust object still owns them).
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
+pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
+pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+pub const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+pub const MOUNT_ATTR_STRICTATIME: u64 = 0x20;
+const FSCONFIG_SET_FLAG: libc::c_uint = 0;
+const FSCONFIG_SET_STRING: libc::c_uint = 1;
+const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+const FSOPEN_CLOEXEC: libc::c_uint = 1;
+const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const OPEN_TREE_CLOEXEC: libc::c_uint = libc::O_CLOEXEC as libc::c_uint;
+
+/// A filesystem being configured with the new mount API (fsopen(2)/fsconfig(2)).
+pub struct FsContext(OwnedFd);
+
+impl FsContext {
+    pub fn open(fstype: &CStr) -> io::Result<FsContext> {
+        // SAFETY: fstype is NUL-terminated; returns a new fd.
+        check_fd(unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), FSOPEN_CLOEXEC) }).map(FsContext)
+    }
+
+    fn config(&self, cmd: libc::c_uint, key: Option<&CStr>, value: Option<&CStr>) -> io::Result<()> {
+        let key = key.map_or(std::ptr::null(), CStr::as_ptr);
+        let value = value.map_or(std::ptr::null(), CStr::as_ptr);
+        // SAFETY: strings are NUL-terminated or null as the command requires.
+        let r = unsafe { libc::syscall(libc::SYS_fsconfig, self.0.as_raw_fd(), cmd, key, value, 0) };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn set_string(&self, key: &CStr, value: &CStr) -> io::Result<()> {
+        self.config(FSCONFIG_SET_STRING, Some(key), Some(value))
+    }
+
+    pub fn set_flag(&self, key: &CStr) -> io::Result<()> {
+        self.config(FSCONFIG_SET_FLAG, Some(key), None)
+    }
+
+    /// Creates the superblock and returns a detached mount of it with `attrs`
+    /// (`MOUNT_ATTR_*`).
+    pub fn mount(self, attrs: u64) -> io::Result<OwnedFd> {
+        self.config(FSCONFIG_CMD_CREATE, None, None)?;
+        // SAFETY: plain syscall on our fs context fd; returns a new fd.
+        check_fd(unsafe { libc::syscall(libc::SYS_fsmount, self.0.as_raw_fd(), FSMOUNT_CLOEXEC, attrs) })
+    }
+}
+
+/// open_tree(2) with OPEN_TREE_CLONE: a detached copy of the mount tree at `path`
+/// (recursive when `recursive`), for a bind mount.
+pub fn clone_tree(path: &CStr, recursive: bool) -> io::Result<OwnedFd> {
+    let flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | if recursive { libc::AT_RECURSIVE as libc::c_uint } else { 0 };
+    // SAFETY: path is NUL-terminated; returns a new fd.
+    check_fd(unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) })
+}
+
+/// mount_setattr(2): sets `MOUNT_ATTR_*` flags on a (detached) mount tree.
+pub fn mount_setattr(mnt: BorrowedFd<'_>, set: u64, recursive: bool) -> io::Result<()> {
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let attr = MountAttr { attr_set: set, attr_clr: 0, propagation: 0, userns_fd: 0 };
+    let flags = libc::AT_EMPTY_PATH as libc::c_uint | if recursive { libc::AT_RECURSIVE as libc::c_uint } else { 0 };
+    // SAFETY: attr is a valid mount_attr of the size passed; the empty path names the fd.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            mnt.as_raw_fd(),
+            c"".as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// move_mount(2) of the detached mount `mnt` onto the directory or file `target` (an fd
+/// opened beneath the container's root): no path is resolved at mount time.
+pub fn move_mount_to_fd(mnt: BorrowedFd<'_>, target: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: both fds are live; empty paths name the fds themselves.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            mnt.as_raw_fd(),
+            c"".as_ptr(),
+            target.as_raw_fd(),
+            c"".as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Sets the controlling terminal of this session (TIOCSCTTY).
+pub fn set_controlling_tty(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: ioctl with an integer argument on a live tty fd.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSCTTY, 0) })
+}
+
+/// Lowers RLIMIT_CORE to 0 (always allowed) so that dying by a signal dumps no core.
+pub fn no_core_dumps() {
+    let zero = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: valid rlimit struct; lowering a limit needs no privilege.
+    unsafe {
+        libc::setrlimit(libc::RLIMIT_CORE, &zero);
+    }
+}
+
+/// Brings up `lo` in a fresh network namespace (SIOCGIFFLAGS / SIOCSIFFLAGS).
+pub fn loopback_up() -> io::Result<()> {
+    // SAFETY: a datagram socket used only for the interface ioctls below.
+    let s = check_fd(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) } as libc::c_long)?;
+    // SAFETY: ifreq is plain data; zeroed is a valid initial value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (i, b) in b"lo".iter().enumerate() {
+        req.ifr_name[i] = *b as libc::c_char;
+    }
+    // SAFETY: valid ifreq for SIOCGIFFLAGS on a live socket.
+    check(unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) })?;
+    // SAFETY: union field written by the kernel above.
+    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // SAFETY: valid ifreq for SIOCSIFFLAGS.
+    check(unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCSIFFLAGS, &req) })
+}
+
+/// Ends this process by signal `sig`, the way the container's app ended, with core dumps
+/// off; falls back to exit 128+sig for signals whose default action is not to terminate.
+pub fn die_by_signal(sig: libc::c_int) -> ! {
+    no_core_dumps();
+    // SAFETY: resetting the disposition and unmasking only `sig`, then raising it.
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::raise(sig);
+        libc::_exit(128 + sig)
+    }
+}

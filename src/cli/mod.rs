@@ -7,6 +7,7 @@ mod images;
 mod import;
 mod inspect;
 mod output;
+mod run;
 
 use std::path::PathBuf;
 
@@ -46,6 +47,8 @@ enum Command {
     Tag(images::TagArgs),
     /// Remove image names, and images left without names
     Rmi(images::RmiArgs),
+    /// Run an image's process in new PID, mount, UTS and IPC namespaces, as a foreground process
+    Run(Box<run::RunArgs>),
     /// Delete what no image needs: blobs, layers, tmp debris, dead containers' dirs
     #[command(visible_alias = "prune")]
     Gc,
@@ -97,13 +100,13 @@ fn command_name(c: &Command) -> &'static str {
         Command::Tag(_) => "tag",
         Command::Rmi(_) => "rmi",
         Command::Gc => "gc",
+        Command::Run(_) => "run",
         Command::Fsck(_) => "fsck",
     }
 }
 
 fn run(cli: Cli) -> CmdResult {
     let store = Store::open(&cli.root)?;
-    let _ = &cli.state;
     match cli.command {
         Command::Pull(a) => import::pull(&store, a),
         Command::Load(a) => import::load(&store, a),
@@ -113,6 +116,7 @@ fn run(cli: Cli) -> CmdResult {
         Command::Tag(a) => images::tag(&store, a),
         Command::Rmi(a) => images::rmi(&store, a),
         Command::Gc => gc::gc(&store),
+        Command::Run(a) => run::run(&store, cli.state, *a),
         Command::Fsck(a) => fsck::fsck(&store, a),
     }
 }

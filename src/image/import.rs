@@ -1,5 +1,5 @@
 //! The one import path every local format goes through: resolve an index to a platform
-//! manifest, then commit config, layers, manifest, record and names, in that order.
+//! manifest, then commit layers, config, manifest, record and names, in that order.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -79,6 +79,10 @@ pub fn select_platform<'a>(name: &str, entries: &'a [Descriptor], want: &Platfor
 pub fn import_manifest(store: &Store, src: &dyn BlobSource, r: &Resolved, names: &[Reference]) -> Result<Imported> {
     let m = &r.manifest;
     let cfg_bytes = src.read_document(&m.config.digest).map_err(|e| source_err(src.name(), e))?;
+    // Verified now, committed after the layers: a layer that fails must not leave the
+    // config behind as an orphan blob (a failed import commits nothing of the image).
+    let cfg_len = cfg_bytes.len() as u64;
+    crate::store::blobs::verify(&m.config.digest, Some(m.config.size), &Digest::of(&cfg_bytes), cfg_len)?;
     let cfg = config::parse(&m.config.digest, &cfg_bytes)?;
     if cfg.diff_ids.len() != m.layers.len() {
         return Err(ImageError::Config {
@@ -86,7 +90,6 @@ pub fn import_manifest(store: &Store, src: &dyn BlobSource, r: &Resolved, names:
             why: format!("lists {} diff_ids but the manifest has {} layers", cfg.diff_ids.len(), m.layers.len()),
         });
     }
-    store.put_blob(&m.config.digest, Some(m.config.size), &cfg_bytes)?;
     let mut layers = Vec::with_capacity(m.layers.len());
     let mut size = 0;
     for (l, diff_id) in m.layers.iter().zip(&cfg.diff_ids) {
@@ -100,6 +103,7 @@ pub fn import_manifest(store: &Store, src: &dyn BlobSource, r: &Resolved, names:
             diff_id: diff_id.clone(),
         });
     }
+    store.put_blob(&m.config.digest, Some(m.config.size), &cfg_bytes)?;
     store.put_blob(&r.digest, Some(r.bytes.len() as u64), &r.bytes)?;
     let record = ImageRecord {
         digest: r.digest.clone(),

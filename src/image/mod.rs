@@ -2,7 +2,7 @@
 //!
 //! Every source (OCI layout dir, OCI archive, docker-archive, rootfs tarball) is reduced
 //! to a [`BlobSource`] plus a manifest; [`import::import_manifest`] then verifies and
-//! commits config, layers, manifest, record and names, in that order, under a shared
+//! commits layers, config, manifest, record and names, in that order, under a shared
 //! store lock so gc never sees a half-imported image.
 
 pub mod archive;
@@ -148,6 +148,8 @@ fn open_archive(store: &Store, name: &str, path: &Path) -> Result<(archive::TarI
 
 /// Copies `input` (decompressing gzip/zstd) into a temporary file in the store.
 fn spool(store: &Store, name: &str, input: impl Read) -> Result<tempfile::TempPath> {
+    let compressed = std::cell::Cell::new(0u64);
+    let input = Counted { inner: input, n: &compressed };
     let mut buffered = io::BufReader::with_capacity(1 << 20, input);
     let head = io::BufRead::fill_buf(&mut buffered).map_err(|e| source_err(name, e))?;
     let compression = Compression::sniff(head).map_err(|e| source_err(name, e))?;
@@ -155,13 +157,56 @@ fn spool(store: &Store, name: &str, input: impl Read) -> Result<tempfile::TempPa
         .prefix("spool-")
         .tempfile_in(store.root().join("tmp"))
         .map_err(|e| source_err(name, format!("create temporary file: {e}")))?;
+    // The layer pipeline's decompression-bomb rule applies here too: a gzipped `docker
+    // save` of zeros must not fill the store's filesystem before it is even indexed.
+    let mut out = BombCheck { out: tmp.as_file_mut(), written: 0, compressed: &compressed, bomb: false };
     let copied = match compression {
-        Compression::None => io::copy(&mut buffered, tmp.as_file_mut()),
-        Compression::Gzip => io::copy(&mut flate2::bufread::MultiGzDecoder::new(buffered), tmp.as_file_mut()),
+        Compression::None => io::copy(&mut buffered, &mut out),
+        Compression::Gzip => io::copy(&mut flate2::bufread::MultiGzDecoder::new(buffered), &mut out),
         Compression::Zstd => {
-            zstd::stream::read::Decoder::with_buffer(buffered).and_then(|mut d| io::copy(&mut d, tmp.as_file_mut()))
+            zstd::stream::read::Decoder::with_buffer(buffered).and_then(|mut d| io::copy(&mut d, &mut out))
         }
     };
+    if out.bomb {
+        return Err(source_err(name, crate::layer::LayerError::Bomb));
+    }
     copied.map_err(|e| source_err(name, format!("read archive: {e}")))?;
     Ok(tmp.into_temp_path())
+}
+
+/// Counts the bytes read from the (compressed) input.
+struct Counted<'a, R> {
+    inner: R,
+    n: &'a std::cell::Cell<u64>,
+}
+
+impl<R: Read> Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let k = self.inner.read(buf)?;
+        self.n.set(self.n.get() + k as u64);
+        Ok(k)
+    }
+}
+
+/// Writes the decompressed archive, failing once it is a decompression bomb.
+struct BombCheck<'a> {
+    out: &'a mut File,
+    written: u64,
+    compressed: &'a std::cell::Cell<u64>,
+    bomb: bool,
+}
+
+impl io::Write for BombCheck<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if crate::layer::is_bomb(self.written + buf.len() as u64, self.compressed.get()) {
+            self.bomb = true;
+            return Err(io::Error::other("decompression bomb"));
+        }
+        let n = self.out.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
 }

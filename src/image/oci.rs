@@ -8,10 +8,11 @@ use serde::Deserialize;
 
 use super::archive::TarIndex;
 use super::import::{self, Imported};
-use super::manifest::{Descriptor, Index};
-use super::source::{ArchiveSource, BlobSource, DirSource};
+use super::manifest::{self, Descriptor, Document, Index};
+use super::source::{self, ArchiveSource, BlobSource, DirSource};
 use super::{source_err, ImageError, Result};
 use crate::reference::Reference;
+use crate::store::blobs::MAX_DOCUMENT;
 use crate::store::images::Platform;
 use crate::store::Store;
 
@@ -30,7 +31,13 @@ fn parse_layout(name: &str, layout: &[u8], index: &[u8]) -> Result<Index> {
     if l.image_layout_version != "1.0.0" {
         return Err(source_err(name, format!("unsupported imageLayoutVersion {:?}", l.image_layout_version)));
     }
-    let idx: Index = serde_json::from_slice(index).map_err(|e| source_err(name, format!("index.json: {e}")))?;
+    // Parsed as any other document, so that an index.json that is also a manifest is
+    // refused as ambiguous (CVE-2021-41190) instead of having its layers ignored.
+    let idx = match manifest::parse(index, None) {
+        Ok(Document::Index(idx)) => idx,
+        Ok(Document::Manifest(..)) => return Err(source_err(name, "index.json is a manifest, not an image index")),
+        Err(e) => return Err(source_err(name, format!("index.json: {e}"))),
+    };
     if idx.manifests.is_empty() {
         return Err(source_err(name, "index.json lists no images"));
     }
@@ -123,7 +130,10 @@ pub fn import_dir(
     want: &Platform,
 ) -> Result<Vec<Imported>> {
     let name = format!("oci:{}", dir.display());
-    let read = |f: &str| std::fs::read(dir.join(f)).map_err(|e| source_err(&name, format!("{f}: {e}")));
+    // Bounded, and regular files only: a layout's index.json symlinked to /dev/zero or
+    // made a FIFO must neither exhaust memory nor hang the pull.
+    let read =
+        |f: &str| source::read_regular(&dir.join(f), MAX_DOCUMENT).map_err(|e| source_err(&name, format!("{f}: {e}")));
     let idx = parse_layout(&name, &read("oci-layout")?, &read("index.json")?)?;
     let src = DirSource { dir: dir.to_path_buf(), name };
     import_all(store, &src, &idx, selector, tag, &repo_from_path(dir), want)

@@ -3,7 +3,8 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::path::PathBuf;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 
 use super::archive::TarIndex;
 use crate::digest::Digest;
@@ -46,10 +47,31 @@ impl BlobSource for DirSource {
     }
     fn open(&self, d: &Digest) -> io::Result<Box<dyn Read + Send + '_>> {
         let p = self.dir.join(layout_path(d));
-        let f = File::open(&p).map_err(|e| io::Error::new(e.kind(), format!("blob {d}: {e}")))?;
+        let f = open_regular(&p).map_err(|e| io::Error::new(e.kind(), format!("blob {d}: {e}")))?;
         crate::sys::advise_sequential(std::os::fd::AsFd::as_fd(&f));
         Ok(Box::new(f))
     }
+}
+
+/// Opens a file of a layout for reading, refusing anything but a regular file (symlinks
+/// are followed: blob dirs may be shared). O_NONBLOCK keeps open(2) of a FIFO from
+/// blocking; it changes nothing for reads of a regular file.
+pub fn open_regular(p: &Path) -> io::Result<File> {
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(p)?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "not a regular file"));
+    }
+    Ok(f)
+}
+
+/// Reads a small regular file whole, at most `max` bytes.
+pub fn read_regular(p: &Path, max: u64) -> io::Result<Vec<u8>> {
+    let mut data = Vec::new();
+    open_regular(p)?.take(max + 1).read_to_end(&mut data)?;
+    if data.len() as u64 > max {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("larger than {max} bytes")));
+    }
+    Ok(data)
 }
 
 /// An OCI layout inside a tar archive (an OCI archive, or a new-style `docker save`).

@@ -78,6 +78,12 @@ pub struct Unpacked {
 /// Uncompressed data may exceed this many times the compressed size only below 1 GiB.
 pub const MAX_RATIO: u64 = 200;
 const RATIO_FLOOR: u64 = 1 << 30;
+
+/// The decompression-bomb rule, shared with archive spooling: over 1 GiB out and more than
+/// [`MAX_RATIO`] times what came in so far.
+pub fn is_bomb(decompressed: u64, compressed: u64) -> bool {
+    decompressed > RATIO_FLOOR && decompressed / MAX_RATIO > compressed
+}
 const CHUNK: usize = 1 << 20;
 const SPACE_CHECK_EVERY: u64 = 64 << 20;
 
@@ -136,7 +142,9 @@ fn produce<R: Read>(
 ) -> Result<Produced, LayerError> {
     let tee = Tee { src, out: blob_out, hasher: Hasher::new(), counter, limit: limits.declared_size, write_err: None };
     let mut buffered = BufReader::with_capacity(CHUNK, tee);
-    let compression = Compression::sniff(buffered.fill_buf().map_err(LayerError::Read)?)?;
+    // classify: the first read may already pass the declared size (a blob with bytes
+    // appended), which must read as "larger than declared", not as a bare read error.
+    let compression = Compression::sniff(buffered.fill_buf().map_err(|e| classify(e, Compression::None))?)?;
     let mut dec: Box<dyn Read + '_> = match compression {
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(&mut buffered)),
         Compression::Zstd => {
@@ -156,7 +164,7 @@ fn produce<R: Read>(
         buf.truncate(n);
         diff.update(&buf);
         let total = diff.len();
-        if total > RATIO_FLOOR && total / MAX_RATIO > counter.load(Ordering::Relaxed) {
+        if is_bomb(total, counter.load(Ordering::Relaxed)) {
             return Err(LayerError::Bomb);
         }
         if total >= next_space_check {

@@ -76,6 +76,7 @@ struct Pending {
     long_name: Option<Vec<u8>>,
     long_link: Option<Vec<u8>>,
     pax: Vec<(Vec<u8>, Vec<u8>)>,
+    pax_bytes: u64,
 }
 
 impl<R: TarSource> TarReader<R> {
@@ -120,6 +121,12 @@ impl<R: TarSource> TarReader<R> {
                 EntryType::GNULongLink => pending.long_link = Some(self.read_name(size)?),
                 EntryType::XHeader => {
                     let data = self.read_small(size, MAX_PAX, "pax header")?;
+                    // Consecutive `x` headers all apply to the next member and pile up in
+                    // `pending`: bound them together, not only one by one.
+                    pending.pax_bytes += size;
+                    if pending.pax_bytes > MAX_PAX {
+                        return Err(invalid(format!("pax headers of more than {MAX_PAX} bytes for one entry")));
+                    }
                     pending.pax.extend(parse_pax(&data)?);
                 }
                 EntryType::XGlobalHeader => self.skip(padded(size))?,

@@ -74,12 +74,15 @@ impl Store {
     ) -> Result<LayerMarker> {
         let complete = |m: &LayerMarker| blob.digest.as_ref().is_none_or(|d| self.has_blob(d)) && m.size > 0;
         let _lock = match diff_id {
-            Some(d) => {
-                if let Some(m) = self.layer_marker(d).filter(complete) {
-                    return Ok(m);
-                }
-                Some(Lock::exclusive(&self.layer_lock_path(d))?)
-            }
+            Some(d) => match self.layer_marker(d) {
+                Some(m) if complete(&m) => return Ok(m),
+                // Committed, only the blob is missing: the blob lock below is enough. The
+                // layer lock is held shared by every running container using the layer, so
+                // taking it exclusively here waited for all of them to exit. The layer cannot
+                // vanish meanwhile: removing one needs the store lock exclusively.
+                Some(_) => None,
+                None => Some(Lock::exclusive(&self.layer_lock_path(d))?),
+            },
             None => None,
         };
         if let Some(m) = diff_id.and_then(|d| self.layer_marker(d)) {
@@ -88,9 +91,15 @@ impl Store {
             if let Some(d) = &blob.digest {
                 if !self.has_blob(d) {
                     let _blob_lock = Lock::exclusive(&self.root().join("locks/blobs").join(d.hex()))?;
-                    let src = open()
-                        .map_err(|e| StoreError::Layer { blob: blob.label(), source: layer::LayerError::Read(e) })?;
-                    self.ingest_blob(d, blob.size, src)?;
+                    // Checked again under the blob lock: its holder may just have committed
+                    // it (the layer lock no longer serialises this path).
+                    if !self.has_blob(d) {
+                        let src = open().map_err(|e| StoreError::Layer {
+                            blob: blob.label(),
+                            source: layer::LayerError::Read(e),
+                        })?;
+                        self.ingest_blob(d, blob.size, src)?;
+                    }
                 }
             }
             return Ok(m);

@@ -1,0 +1,183 @@
+//! `coracle run`: docker-style flags in, one `run::launch::run` call, the app's exit
+//! status out (mirrored: exit N → N, death by signal S → death by S).
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+use super::{CmdResult, Failure};
+use crate::image::{self, lookup};
+use crate::run::capabilities;
+use crate::run::launch::{self, Launch, Outcome};
+use crate::run::mounts::{PlanOptions, Volume};
+use crate::run::spec::{self, ImageDefaults, ProcessOptions};
+use crate::store::Store;
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Network {
+    /// The host's network namespace (the default)
+    Host,
+    /// A new network namespace with only `lo` up
+    None,
+}
+
+#[derive(Args, Debug)]
+#[command(trailing_var_arg = true)]
+pub struct RunArgs {
+    /// A name for the container (default: its short ID)
+    #[arg(long)]
+    name: Option<String>,
+    /// Set an environment variable (K=V), or pass K from coracle's environment
+    #[arg(short = 'e', long = "env", value_name = "K=V|K")]
+    env: Vec<String>,
+    /// Read environment variables from a file (K=V lines, # comments)
+    #[arg(long = "env-file", value_name = "FILE")]
+    env_file: Vec<PathBuf>,
+    /// Working directory inside the container
+    #[arg(short = 'w', long)]
+    workdir: Option<String>,
+    /// USER[:GROUP] or UID[:GID], resolved in the image's /etc/passwd and /etc/group
+    #[arg(short = 'u', long)]
+    user: Option<String>,
+    /// Override the image's ENTRYPOINT ("" clears it; the image's CMD is dropped)
+    #[arg(long)]
+    entrypoint: Option<String>,
+    /// Bind mount SRC:DST[:ro]
+    #[arg(short = 'v', long = "volume", value_name = "SRC:DST[:ro]")]
+    volume: Vec<Volume>,
+    /// Mount an empty tmpfs at DST
+    #[arg(long, value_name = "DST")]
+    tmpfs: Vec<String>,
+    /// Mount the image read-only (no upper layer)
+    #[arg(long)]
+    read_only: bool,
+    /// The container's hostname (default: the host's)
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Add a capability (NAME or CAP_NAME, or ALL)
+    #[arg(long = "cap-add", value_name = "CAP")]
+    cap_add: Vec<String>,
+    /// Drop a capability (NAME or CAP_NAME, or ALL)
+    #[arg(long = "cap-drop", value_name = "CAP")]
+    cap_drop: Vec<String>,
+    /// All capabilities, /sys writable, no masked or read-only paths, no no_new_privs
+    #[arg(long)]
+    privileged: bool,
+    /// Run a minimal init as PID 1 that forwards signals and reaps zombies (the default)
+    #[arg(long, overrides_with = "no_init")]
+    init: bool,
+    /// Run the app itself as PID 1
+    #[arg(long = "no-init", overrides_with = "init")]
+    no_init: bool,
+    /// Keep standard input connected (without it the app's stdin is /dev/null)
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// Allocate a pseudo-terminal
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// Write the app's host PID to FILE
+    #[arg(long = "pid-file", value_name = "FILE")]
+    pid_file: Option<PathBuf>,
+    /// Accepted for docker compatibility: containers are always removed on exit
+    #[arg(long)]
+    rm: bool,
+    /// Network namespace
+    #[arg(long, value_enum, default_value = "host")]
+    network: Network,
+    /// The image: a name, ID or digest in the store, or oci:DIR[:REF], oci-archive:FILE[:REF], docker-archive:FILE[:NAME:TAG]
+    image: String,
+    /// The command and its arguments (default: the image's ENTRYPOINT and CMD)
+    #[arg(allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+const TRANSPORTS: [&str; 3] = ["oci:", "oci-archive:", "docker-archive:"];
+
+pub fn run(store: &Store, state: PathBuf, a: RunArgs) -> CmdResult {
+    let (record, image_name) = if TRANSPORTS.iter().any(|t| a.image.starts_with(t)) {
+        let imported = image::pull(store, &a.image, None)?;
+        let first = imported.into_iter().next().ok_or_else(|| fail(format!("{} holds no image", a.image)))?;
+        (first.record, a.image.clone())
+    } else {
+        match lookup::find(store, &a.image) {
+            Ok(r) => (r, a.image.clone()),
+            Err(image::ImageError::NotFound(n)) => {
+                return Err(fail(format!(
+                    "image {n:?} is not in the store: bring it in first with `coracle pull oci:DIR|oci-archive:FILE|docker-archive:FILE` or `coracle load -i FILE`"
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let cfg: serde_json::Value = serde_json::from_slice(&store.read_blob(&record.config)?)?;
+    let c = &cfg["config"];
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array().into_iter().flatten().filter_map(|x| x.as_str().map(str::to_owned)).collect()
+    };
+    let defaults = ImageDefaults {
+        env: strings(&c["Env"]),
+        entrypoint: strings(&c["Entrypoint"]),
+        cmd: strings(&c["Cmd"]),
+        workdir: c["WorkingDir"].as_str().map(str::to_owned),
+        user: c["User"].as_str().filter(|u| !u.is_empty()).map(str::to_owned),
+    };
+    let mut env_files = Vec::new();
+    for f in &a.env_file {
+        env_files.push(std::fs::read_to_string(f).map_err(|e| fail(format!("--env-file {}: {e}", f.display())))?);
+    }
+    let hostname = a.hostname.clone();
+    let process = spec::process(
+        &defaults,
+        &ProcessOptions {
+            entrypoint: a.entrypoint.clone(),
+            cmd: a.command.clone(),
+            env_files,
+            env: a.env.clone(),
+            workdir: a.workdir.clone(),
+            user: a.user.clone(),
+            tty: a.tty,
+            hostname: hostname.clone().unwrap_or_else(|| {
+                nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default()
+            }),
+        },
+        &|k| std::env::var(k).ok(),
+    )?;
+    for v in &a.volume {
+        if !v.source.exists() {
+            return Err(fail(format!("volume source {} does not exist", v.source.display())));
+        }
+    }
+    for t in &a.tmpfs {
+        if !t.starts_with('/') {
+            return Err(fail(format!("--tmpfs {t:?}: the target must be an absolute path")));
+        }
+    }
+    let supported = caps::runtime::thread_all_supported();
+    let caps = capabilities::compute(&a.cap_add, &a.cap_drop, a.privileged, &supported)?;
+    let outcome = launch::run(Launch {
+        store: store.clone(),
+        state_dir: state,
+        image: record,
+        image_name,
+        process,
+        plan: PlanOptions { privileged: a.privileged, volumes: a.volume, tmpfs: a.tmpfs, etc_files: Vec::new() },
+        hostname,
+        name: a.name,
+        caps,
+        init: !a.no_init,
+        tty: a.tty,
+        interactive: a.interactive,
+        read_only: a.read_only,
+        network_none: a.network == Network::None,
+        pid_file: a.pid_file,
+    })
+    .map_err(|e| Failure { code: e.code, message: e.message })?;
+    match outcome {
+        Outcome::Exited(n) => Ok(n),
+        Outcome::Signaled(s) => crate::sys::die_by_signal(s),
+    }
+}
+
+fn fail(message: String) -> Failure {
+    Failure { code: super::EXIT_ERROR, message }
+}

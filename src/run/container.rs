@@ -1,0 +1,331 @@
+//! The container side of a launch: everything that runs after clone3 in the new
+//! namespaces. PID 1 builds the rootfs, pivots, then either becomes the app (`--no-init`)
+//! or forks it and stays as a minimal init: forwards signals, reaps zombies, reports the
+//! app's status and exits with it.
+//!
+//! Talks to the outer `coracle run` only through pipes (fixed fds 3-6 after the clone):
+//! `alive` (EOF = the outer died), `started` (one byte once the app is about to run, then
+//! the app's pid as this namespace sees it), `status` (the app's wait status, from init),
+//! `error` (`<exit code> <message>` when setup or exec fails).
+
+use std::ffi::CString;
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+
+use caps::{CapSet, CapsHashSet};
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::SignalFd;
+use nix::sys::stat::{umask, Mode};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, setgroups, setresgid, setresuid, setsid, ForkResult, Gid, Pid, Uid};
+
+use super::mounts::{Mount, Target};
+use super::rootfs::{self, Overlay};
+use super::spec::Process;
+use super::user;
+
+/// Everything the container side needs, prepared by the outer process before the clone.
+pub struct ChildConfig {
+    pub overlay: Overlay,
+    pub rootfs_dir: PathBuf,
+    pub plan: Vec<Mount>,
+    pub privileged: bool,
+    pub hostname: String,
+    pub process: Process,
+    pub caps: CapsHashSet,
+    pub init: bool,
+    pub tty: bool,
+    pub interactive: bool,
+    pub network_none: bool,
+    /// Taken by the child when it places them at fds 3-6.
+    pub pipes: Option<ChildPipes>,
+}
+
+/// The container's ends of the pipes to the outer process.
+pub struct ChildPipes {
+    pub alive: OwnedFd,
+    pub started: OwnedFd,
+    pub status: OwnedFd,
+    pub error: OwnedFd,
+}
+
+const ALIVE_FD: RawFd = 3;
+const STARTED_FD: RawFd = 4;
+const STATUS_FD: RawFd = 5;
+const ERROR_FD: RawFd = 6;
+
+/// Exit codes of setup failures, as docker uses them.
+pub const EXIT_SETUP: i32 = 125;
+pub const EXIT_CANNOT_EXEC: i32 = 126;
+pub const EXIT_NOT_FOUND: i32 = 127;
+
+struct Failure(i32, String);
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure(EXIT_SETUP, e.to_string())
+    }
+}
+
+/// Runs in the clone child; never returns.
+pub fn main(cfg: ChildConfig) -> ! {
+    let code = match setup_and_run(cfg) {
+        Ok(never) => match never {},
+        Err(Failure(code, msg)) => {
+            report_error(code, &msg);
+            code
+        }
+    };
+    // SAFETY: _exit skips atexit handlers and stdio flushing that belong to the parent.
+    unsafe { libc::_exit(code) }
+}
+
+fn report_error(code: i32, msg: &str) {
+    // SAFETY: ERROR_FD is the error pipe we placed at this number; ManuallyDrop keeps
+    // it open for the other processes sharing it.
+    let mut f = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(ERROR_FD) });
+    let _ = f.write_all(format!("{code} {}", msg.replace('\n', " ")).as_bytes());
+}
+
+enum Never {}
+
+fn setup_and_run(mut cfg: ChildConfig) -> Result<Never, Failure> {
+    // PR_SET_PDEATHSIG first, then check the parent is still there: if it died before the
+    // prctl, the `alive` pipe already reads EOF (its write end was in the parent only).
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+    place_pipes(cfg.pipes.take().ok_or(Failure(EXIT_SETUP, "pipes already taken".into()))?)?;
+    let mut pfd = [libc::pollfd { fd: ALIVE_FD, events: libc::POLLIN, revents: 0 }];
+    // SAFETY: valid pollfd array of length 1; zero timeout.
+    if unsafe { libc::poll(pfd.as_mut_ptr(), 1, 0) } > 0 && pfd[0].revents & (libc::POLLHUP | libc::POLLIN) != 0 {
+        // SAFETY: plain exit of this child.
+        unsafe { libc::_exit(EXIT_SETUP) };
+    }
+    // Out of the terminal's foreground process group: a terminal's Ctrl-C reaches the
+    // outer `coracle run` only, which forwards it once.
+    setsid()?;
+    // Init is coracle's own binary: keep other processes in the container from opening
+    // /proc/1/exe and rewriting it (CVE-2019-5736).
+    nix::sys::prctl::set_dumpable(false)?;
+
+    umask(Mode::empty());
+    rootfs::make_private()?;
+    rootfs::mount_rootfs(&cfg.overlay, &cfg.rootfs_dir)?;
+    let root = nix::fcntl::open(&cfg.rootfs_dir, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
+    for m in &cfg.plan {
+        rootfs::apply(root.as_fd(), m)?;
+        if m.target == "/dev" {
+            rootfs::populate_dev(root.as_fd())?;
+        }
+    }
+    if !cfg.privileged {
+        rootfs::protect_paths(root.as_fd())?;
+    }
+    nix::unistd::sethostname(&cfg.hostname)?;
+    if cfg.network_none {
+        crate::sys::loopback_up()?;
+    }
+    rootfs::pivot(root.as_fd())?;
+    drop(root);
+    umask(Mode::from_bits_truncate(0o022));
+
+    let passwd = rootfs::read_small("/etc/passwd", 4 << 20)?.unwrap_or_default();
+    let group = rootfs::read_small("/etc/group", 4 << 20)?.unwrap_or_default();
+    let user = user::resolve(&cfg.process.user, &passwd, &group)?;
+    let mut process = cfg.process.clone();
+    if !process.env.iter().any(|(k, _)| k == "HOME") {
+        process.env.push(("HOME".into(), user.home.clone()));
+    }
+
+    if !cfg.init {
+        started(None);
+        return exec_app(&process, &user, &cfg, false);
+    }
+    // SAFETY: this process is single-threaded (a clone3 child of a single-threaded parent).
+    match unsafe { fork() }? {
+        ForkResult::Child => exec_app(&process, &user, &cfg, true),
+        ForkResult::Parent { child } => {
+            started(Some(child));
+            init_loop(child)
+        }
+    }
+}
+
+/// Moves the pipes to fds 3-6 and closes every other fd above 2: nothing the outer
+/// process had open (lock files, the store) stays reachable from the container.
+fn place_pipes(p: ChildPipes) -> Result<(), Failure> {
+    // First above the target range, then down, so no dup clobbers a pipe not yet moved.
+    let high: Vec<OwnedFd> = [p.alive, p.started, p.status, p.error]
+        .into_iter()
+        .map(|fd| {
+            nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(100)).map(|n| {
+                // SAFETY: F_DUPFD_CLOEXEC returned a fresh descriptor we own.
+                unsafe { OwnedFd::from_raw_fd(n) }
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    for (i, fd) in high.iter().enumerate() {
+        // SAFETY: dup3 onto a fixed number; the previous holder of that number (if any)
+        // is one of our originals, which we no longer use.
+        if unsafe { libc::dup3(fd.as_raw_fd(), ALIVE_FD + i as RawFd, libc::O_CLOEXEC) } < 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+    }
+    // The `high` copies are closed by close_range below; forget them.
+    high.into_iter().for_each(std::mem::forget);
+    crate::sys::close_from((ERROR_FD + 1) as u32)?;
+    Ok(())
+}
+
+/// Tells the outer process the app is about to run, and its pid in this namespace.
+fn started(app: Option<Pid>) {
+    // SAFETY: STARTED_FD is ours; it is closed right after (one message only).
+    let mut f = unsafe { std::fs::File::from_raw_fd(STARTED_FD) };
+    let _ = f.write_all(format!("{}", app.map_or(1, |p| p.as_raw())).as_bytes());
+}
+
+/// PID 1 while the app runs: forward every signal to it, reap every child, and exit
+/// with the app's status once it is gone.
+fn init_loop(app: Pid) -> ! {
+    let mask = SigSet::all();
+    let sfd = match SignalFd::new(&mask) {
+        Ok(s) => s,
+        Err(e) => {
+            report_error(EXIT_SETUP, &format!("init: signalfd: {e}"));
+            let _ = kill(app, Signal::SIGKILL);
+            // SAFETY: plain exit.
+            unsafe { libc::_exit(EXIT_SETUP) }
+        }
+    };
+    loop {
+        let sig = match sfd.read_signal() {
+            Ok(Some(info)) => info.ssi_signo as i32,
+            Ok(None) | Err(Errno::EINTR) => continue,
+            Err(_) => libc::SIGCHLD,
+        };
+        if sig != libc::SIGCHLD {
+            if let Ok(s) = Signal::try_from(sig) {
+                let _ = kill(app, s);
+            }
+            continue;
+        }
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) if pid == app => finish(&format!("exit {code}"), code),
+                Ok(WaitStatus::Signaled(pid, s, _)) if pid == app => {
+                    finish(&format!("signal {}", s as i32), 128 + s as i32)
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+fn finish(status: &str, code: i32) -> ! {
+    // SAFETY: STATUS_FD is ours.
+    let mut f = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(STATUS_FD) });
+    let _ = f.write_all(status.as_bytes());
+    // SAFETY: plain exit; the kernel then kills whatever is left in this PID namespace.
+    unsafe { libc::_exit(code) }
+}
+
+/// The app: session, credentials, capabilities, working directory, then execve.
+fn exec_app(p: &Process, u: &user::ExecUser, cfg: &ChildConfig, forked: bool) -> Result<Never, Failure> {
+    // SAFETY: closing our copies of the pipes the app has no business with.
+    unsafe {
+        libc::close(ALIVE_FD);
+        libc::close(STATUS_FD);
+        libc::close(STARTED_FD);
+    }
+    if forked {
+        setsid()?;
+    }
+    if cfg.tty {
+        crate::sys::set_controlling_tty(unsafe_borrow(0))?;
+    } else if !cfg.interactive {
+        // docker semantics: without -i the app reads from /dev/null.
+        let null = nix::fcntl::open("/dev/null", OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())?;
+        nix::unistd::dup2_stdin(&null)?;
+    }
+    // Working directory: resolved inside the rootfs without magic links, so a WORKDIR of
+    // /proc/self/fd/N cannot reach anything (CVE-2024-21626); created if missing.
+    let root = nix::fcntl::open("/", OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
+    let wd = match rootfs::open_in_root(root.as_fd(), &p.cwd, OFlag::O_PATH | OFlag::O_DIRECTORY) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => rootfs::target(root.as_fd(), &p.cwd, Target::Dir)?,
+        Err(e) => return Err(Failure(EXIT_SETUP, format!("working directory {}: {e}", p.cwd))),
+    };
+    nix::unistd::fchdir(&wd)?;
+    drop((root, wd));
+
+    set_credentials(u, &cfg.caps, cfg.privileged)?;
+
+    let env: Vec<CString> = p.env.iter().map(|(k, v)| CString::new(format!("{k}={v}"))).collect::<Result<_, _>>()?;
+    let args: Vec<CString> = p.args.iter().map(|a| CString::new(a.as_str())).collect::<Result<_, _>>()?;
+    let path = p.env.iter().find(|(k, _)| k == "PATH").map_or(super::spec::DEFAULT_PATH, |(_, v)| v.as_str());
+    let mut candidates: Vec<String> = Vec::new();
+    if p.args[0].contains('/') {
+        candidates.push(p.args[0].clone());
+    } else {
+        candidates.extend(path.split(':').filter(|d| !d.is_empty()).map(|d| format!("{d}/{}", p.args[0])));
+    }
+    // Signals back to their defaults and unblocked: the app starts clean.
+    let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    let mut last = Errno::ENOENT;
+    let mut seen_eacces = false;
+    for c in &candidates {
+        let Ok(cpath) = CString::new(c.as_str()) else { continue };
+        let e = nix::unistd::execve(&cpath, &args, &env).unwrap_err();
+        if e == Errno::EACCES {
+            seen_eacces = true;
+        }
+        if e != Errno::ENOENT && e != Errno::ENOTDIR {
+            last = e;
+        }
+    }
+    let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), None);
+    if seen_eacces || (last != Errno::ENOENT && last != Errno::ENOTDIR) {
+        let e = if seen_eacces { Errno::EACCES } else { last };
+        return Err(Failure(EXIT_CANNOT_EXEC, format!("exec {}: {}", p.args[0], e.desc())));
+    }
+    let what = if p.args[0].contains('/') {
+        "no such file or directory".to_owned()
+    } else {
+        "executable file not found in $PATH".to_owned()
+    };
+    Err(Failure(EXIT_NOT_FOUND, format!("exec {}: {what}", p.args[0])))
+}
+
+fn unsafe_borrow(fd: RawFd) -> BorrowedFd<'static> {
+    // SAFETY: fds 0-2 stay open for the life of the process.
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
+/// Bounding set first (needs CAP_SETPCAP, which we still have), then the ids with
+/// KEEPCAPS, then the final permitted/effective sets; inheritable and ambient are empty
+/// and no_new_privs is set (unless --privileged).
+fn set_credentials(u: &user::ExecUser, capset: &CapsHashSet, privileged: bool) -> Result<(), Failure> {
+    for c in caps::read(None, CapSet::Bounding)? {
+        if !capset.contains(&c) {
+            caps::drop(None, CapSet::Bounding, c)?;
+        }
+    }
+    caps::clear(None, CapSet::Inheritable)?;
+    let _ = caps::clear(None, CapSet::Ambient);
+    nix::sys::prctl::set_keepcaps(true)?;
+    let groups: Vec<Gid> = u.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+    setgroups(&groups)?;
+    setresgid(Gid::from_raw(u.gid), Gid::from_raw(u.gid), Gid::from_raw(u.gid))?;
+    setresuid(Uid::from_raw(u.uid), Uid::from_raw(u.uid), Uid::from_raw(u.uid))?;
+    nix::sys::prctl::set_keepcaps(false)?;
+    caps::set(None, CapSet::Effective, capset)?;
+    caps::set(None, CapSet::Permitted, capset)?;
+    caps::set(None, CapSet::Effective, capset)?;
+    if !privileged {
+        nix::sys::prctl::set_no_new_privs()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,299 @@
+//! The outer side of `coracle run`: prepares the container (locks, scratch dirs, state),
+//! clones the container's init into new namespaces, forwards every signal it receives,
+//! waits, cleans up, and reports how the app ended. A plain foreground process: nothing
+//! of it outlives the container, and nothing of the container outlives it.
+
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use caps::CapsHashSet;
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, SigmaskHow};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+use nix::unistd::pipe2;
+
+use super::container::{self, ChildConfig, ChildPipes, EXIT_SETUP};
+use super::mounts::{self, PlanOptions};
+use super::rootfs::Overlay;
+use super::spec::Process;
+use super::state::{self, State};
+use crate::store::images::ImageRecord;
+use crate::store::lock::Lock;
+use crate::store::Store;
+use crate::sys::{self, Forked};
+
+/// Everything `coracle run` decided before launching.
+pub struct Launch {
+    pub store: Store,
+    pub state_dir: PathBuf,
+    pub image: ImageRecord,
+    pub image_name: String,
+    pub process: Process,
+    pub plan: PlanOptions,
+    pub hostname: Option<String>,
+    pub name: Option<String>,
+    pub caps: CapsHashSet,
+    pub init: bool,
+    pub tty: bool,
+    pub interactive: bool,
+    pub read_only: bool,
+    pub network_none: bool,
+    pub pid_file: Option<PathBuf>,
+}
+
+/// How the app ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Exited(i32),
+    Signaled(i32),
+}
+
+/// A failure before or while starting the app, with the exit code it maps to (125 for
+/// coracle's own, 126/127 for a command that cannot run).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct RunError {
+    pub code: i32,
+    pub message: String,
+}
+
+impl RunError {
+    fn setup(what: &str, e: impl std::fmt::Display) -> RunError {
+        RunError { code: EXIT_SETUP, message: format!("{what}: {e}") }
+    }
+}
+
+/// Scratch space of one container under the store; removed on drop.
+struct Scratch {
+    dir: PathBuf,
+    _lock: Lock,
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn random_id() -> io::Result<String> {
+    let mut b = [0u8; 32];
+    File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+fn host_hostname() -> String {
+    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into())
+}
+
+pub fn run(l: Launch) -> Result<Outcome, RunError> {
+    let id = random_id().map_err(|e| RunError::setup("container id", e))?;
+    let hostname = l.hostname.clone().unwrap_or_else(host_hostname);
+    let name = l.name.clone().unwrap_or_else(|| id[..12].to_owned());
+
+    // Under the shared store lock: pin the layers (gc skips layers whose lock a running
+    // container holds) and create the scratch dir (locked: gc skips it while we live).
+    let (layer_locks, scratch) = {
+        let _hold = l.store.lock_shared().map_err(|e| RunError::setup("lock store", e))?;
+        let mut locks = Vec::new();
+        for layer in &l.image.layers {
+            locks.push(
+                Lock::shared(&l.store.layer_lock_path(&layer.diff_id)).map_err(|e| RunError::setup("lock layer", e))?,
+            );
+            if l.store.layer_marker(&layer.diff_id).is_none() {
+                return Err(RunError::setup(
+                    &format!("image {}", l.image_name),
+                    format!(
+                        "layer {} is missing from the store (run `coracle fsck --repair` and pull again)",
+                        layer.diff_id
+                    ),
+                ));
+            }
+        }
+        let dir = l.store.root().join("containers").join(&id);
+        fs::DirBuilder::new().mode(0o700).create(&dir).map_err(|e| RunError::setup("create container dir", e))?;
+        let lock = Lock::exclusive(&dir.join("lock")).map_err(|e| RunError::setup("lock container dir", e))?;
+        (locks, Scratch { dir, _lock: lock })
+    };
+    let dir = &scratch.dir;
+    for sub in ["upper", "work", "rootfs"] {
+        fs::DirBuilder::new()
+            .mode(0o755)
+            .create(dir.join(sub))
+            .map_err(|e| RunError::setup("create container dir", e))?;
+    }
+    let mut plan = l.plan.clone();
+    plan.etc_files = write_etc_files(dir, &hostname).map_err(|e| RunError::setup("write /etc files", e))?;
+
+    let overlay = Overlay {
+        lowers: l.image.layers.iter().rev().map(|x| l.store.layer_root(&x.diff_id)).collect(),
+        upper: (!l.read_only).then(|| (dir.join("upper"), dir.join("work"))),
+    };
+
+    // Every signal is blocked from here on and read from a signalfd: none is lost
+    // between the clone and the forwarding loop, and each is forwarded once.
+    let mut old_mask = SigSet::empty();
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), Some(&mut old_mask))
+        .map_err(|e| RunError::setup("block signals", e))?;
+    let result = launch(&l, overlay, dir.join("rootfs"), plan, hostname, &id, &name);
+    let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
+    drop(layer_locks);
+    drop(scratch);
+    result
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), RunError> {
+    pipe2(OFlag::O_CLOEXEC).map_err(|e| RunError::setup("pipe", e))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn launch(
+    l: &Launch,
+    overlay: Overlay,
+    rootfs_dir: PathBuf,
+    plan: PlanOptions,
+    hostname: String,
+    id: &str,
+    name: &str,
+) -> Result<Outcome, RunError> {
+    let sfd = SignalFd::with_flags(&SigSet::all(), SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| RunError::setup("signalfd", e))?;
+    let (alive_r, alive_w) = pipe()?;
+    let (started_r, started_w) = pipe()?;
+    let (status_r, status_w) = pipe()?;
+    let (error_r, error_w) = pipe()?;
+    let mut flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64;
+    if l.network_none {
+        flags |= libc::CLONE_NEWNET as u64;
+    }
+    let cfg = ChildConfig {
+        overlay,
+        rootfs_dir,
+        plan: mounts::plan(&plan),
+        privileged: plan.privileged,
+        hostname,
+        process: l.process.clone(),
+        caps: l.caps.clone(),
+        init: l.init,
+        tty: l.tty,
+        interactive: l.interactive,
+        network_none: l.network_none,
+        pipes: Some(ChildPipes { alive: alive_r, started: started_w, status: status_w, error: error_w }),
+    };
+    let (init_pid, pidfd) = match sys::clone3_fork(flags).map_err(|e| RunError::setup("clone3", e))? {
+        Forked::Child => container::main(cfg),
+        Forked::Parent { pid, pidfd } => (pid, pidfd),
+    };
+    drop(cfg);
+    let _alive = alive_w;
+
+    // Wait for the app to be about to start (or for setup to fail: EOF).
+    let mut started = String::new();
+    let _ = File::from(started_r).read_to_string(&mut started);
+    let app_pid = match started.trim().parse::<i32>() {
+        Ok(1) => Some(init_pid),
+        Ok(_) => first_child(init_pid),
+        Err(_) => None,
+    };
+    let _state = match app_pid {
+        Some(pid) => {
+            if let Some(p) = &l.pid_file {
+                write_pid_file(p, pid).map_err(|e| RunError::setup(&format!("write pid file {}", p.display()), e))?;
+            }
+            let s = State {
+                id: id.to_owned(),
+                name: name.to_owned(),
+                pid,
+                init_pid,
+                image: l.image_name.clone(),
+                image_digest: l.image.digest.to_string(),
+                command: l.process.args.clone(),
+                started: crate::image::rootfs::rfc3339_now(),
+                store: l.store.root().to_path_buf(),
+            };
+            Some(state::create(&l.state_dir, &s).map_err(|e| RunError::setup("write state", e))?)
+        }
+        None => None,
+    };
+
+    loop {
+        let mut fds = [PollFd::new(sfd.as_fd(), PollFlags::POLLIN), PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(RunError::setup("poll", e)),
+            Ok(_) => {}
+        }
+        if fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLIN)) {
+            while let Ok(Some(info)) = sfd.read_signal() {
+                let sig = info.ssi_signo as i32;
+                if sig != libc::SIGCHLD {
+                    let _ = sys::pidfd_send_signal(pidfd.as_fd(), sig);
+                }
+            }
+        }
+        if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+            break;
+        }
+    }
+    let init_status = waitid(Id::PIDFd(pidfd.as_fd()), WaitPidFlag::WEXITED).map_err(|e| RunError::setup("wait", e))?;
+
+    let mut error = String::new();
+    let _ = File::from(error_r).read_to_string(&mut error);
+    if let Some((code, msg)) = error.split_once(' ') {
+        return Err(RunError { code: code.parse().unwrap_or(EXIT_SETUP), message: msg.to_owned() });
+    }
+    let mut status = String::new();
+    let _ = File::from(status_r).read_to_string(&mut status);
+    let parsed = status.split_once(' ').and_then(|(k, v)| Some((k.to_owned(), v.parse::<i32>().ok()?)));
+    Ok(match (parsed, init_status) {
+        (Some((k, n)), _) if k == "exit" => Outcome::Exited(n),
+        (Some((k, n)), _) if k == "signal" => Outcome::Signaled(n),
+        (_, WaitStatus::Exited(_, code)) => Outcome::Exited(code),
+        (_, WaitStatus::Signaled(_, s, _)) => Outcome::Signaled(s as i32),
+        (_, other) => return Err(RunError::setup("wait", format!("unexpected status {other:?}"))),
+    })
+}
+
+/// The app's host pid: the only child of the container's init.
+fn first_child(init: i32) -> Option<i32> {
+    let s = fs::read_to_string(format!("/proc/{init}/task/{init}/children")).ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
+
+fn write_pid_file(path: &Path, pid: i32) -> io::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new().prefix(".coracle-pid-").tempfile_in(dir)?;
+    io::Write::write_all(&mut tmp, format!("{pid}\n").as_bytes())?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// /etc/hostname, /etc/hosts and /etc/resolv.conf for the container (host network view).
+fn write_etc_files(dir: &Path, hostname: &str) -> io::Result<Vec<(PathBuf, &'static str)>> {
+    let mut hosts =
+        fs::read_to_string("/etc/hosts").unwrap_or_else(|_| "127.0.0.1\tlocalhost\n::1\tlocalhost\n".into());
+    if !hosts.split_whitespace().any(|w| w == hostname) {
+        if !hosts.ends_with('\n') && !hosts.is_empty() {
+            hosts.push('\n');
+        }
+        hosts.push_str(&format!("127.0.1.1\t{hostname}\n"));
+    }
+    let resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let files = [
+        ("hostname", format!("{hostname}\n"), "/etc/hostname"),
+        ("hosts", hosts, "/etc/hosts"),
+        ("resolv.conf", resolv, "/etc/resolv.conf"),
+    ];
+    let mut out = Vec::new();
+    for (file, content, target) in files {
+        let p = dir.join(file);
+        fs::write(&p, content)?;
+        out.push((p, target));
+    }
+    Ok(out)
+}

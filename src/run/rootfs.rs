@@ -1,0 +1,336 @@
+//! The container's filesystem, built inside its private mount namespace: the overlay of
+//! the image's layers, every mount of the plan on targets resolved *inside* the rootfs,
+//! /dev nodes, masked and read-only paths, then pivot_root.
+//!
+//! Mount targets are opened with openat2(`RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS`) from
+//! the rootfs fd, so an image whose /proc or /etc/resolv.conf is a symlink to `/` or
+//! `../../..` gets the mount on the path *inside* the rootfs, never on the host. Mounts are
+//! attached with move_mount(2) to that fd: no path is looked up again at mount time.
+
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{openat, openat2, OFlag, OpenHow, ResolveFlag};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::stat::{fchmodat, fstat, mkdirat, mknodat, FchmodatFlags, Mode, SFlag};
+use nix::unistd::{fchdir, pivot_root, symlinkat, unlinkat, UnlinkatFlags};
+
+use super::mounts::{Mount, Source, Target, DEVICES, DEV_LINKS, MASKED, READ_ONLY};
+use crate::sys::{self, FsContext};
+
+#[derive(Debug, thiserror::Error)]
+#[error("{step} {path}: {source}")]
+pub struct RootfsError {
+    pub step: &'static str,
+    pub path: String,
+    pub source: io::Error,
+}
+
+fn err(step: &'static str, path: impl AsRef<Path>) -> impl FnOnce(io::Error) -> RootfsError {
+    let path = path.as_ref().display().to_string();
+    move |source| RootfsError { step, path, source }
+}
+
+fn nerr(step: &'static str, path: impl AsRef<Path>) -> impl FnOnce(Errno) -> RootfsError {
+    let f = err(step, path);
+    move |e| f(e.into())
+}
+
+/// The overlay to mount: lowers top-most first.
+#[derive(Debug, Clone)]
+pub struct Overlay {
+    pub lowers: Vec<PathBuf>,
+    /// `(upper, work)`; `None` for `--read-only`.
+    pub upper: Option<(PathBuf, PathBuf)>,
+}
+
+fn cpath(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+/// Makes every mount in this namespace private, so nothing we do propagates to the host.
+pub fn make_private() -> Result<(), RootfsError> {
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+        .map_err(nerr("make private", "/"))
+}
+
+/// Mounts the image's rootfs on `target`. One lower and no upper is a read-only bind
+/// (overlayfs needs two lowers without an upper).
+pub fn mount_rootfs(o: &Overlay, target: &Path) -> Result<(), RootfsError> {
+    let tfd = open_dir_path(target)?;
+    let mnt = if o.upper.is_none() && o.lowers.len() == 1 {
+        let m = sys::clone_tree(&cpath(&o.lowers[0]).map_err(err("bind", &o.lowers[0]))?, false)
+            .map_err(err("bind", &o.lowers[0]))?;
+        sys::mount_setattr(m.as_fd(), sys::MOUNT_ATTR_RDONLY, false).map_err(err("make read-only", &o.lowers[0]))?;
+        m
+    } else {
+        overlay(o, target)?
+    };
+    sys::move_mount_to_fd(mnt.as_fd(), tfd.as_fd()).map_err(err("mount rootfs on", target))
+}
+
+/// The overlay superblock, with one `lowerdir+` per layer (Linux 6.8+: no page-size
+/// limit on the number of layers), or a classic option string on older kernels.
+fn overlay(o: &Overlay, target: &Path) -> Result<OwnedFd, RootfsError> {
+    let attrs = if o.upper.is_none() { sys::MOUNT_ATTR_RDONLY } else { 0 };
+    let fc = FsContext::open(c"overlay").map_err(err("fsopen overlay for", target))?;
+    let mut plus = true;
+    for l in &o.lowers {
+        match fc.set_string(c"lowerdir+", &cpath(l).map_err(err("lowerdir", l))?) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && plus && l == &o.lowers[0] => {
+                plus = false;
+                break;
+            }
+            Err(e) => return Err(err("overlay lowerdir", l)(e)),
+        }
+    }
+    if !plus {
+        return overlay_legacy(o, target);
+    }
+    if let Some((upper, work)) = &o.upper {
+        fc.set_string(c"upperdir", &cpath(upper).map_err(err("upperdir", upper))?)
+            .map_err(err("overlay upperdir", upper))?;
+        fc.set_string(c"workdir", &cpath(work).map_err(err("workdir", work))?).map_err(err("overlay workdir", work))?;
+    }
+    fc.mount(attrs).map_err(err("mount overlay for", target))
+}
+
+/// Kernels before 6.8: mount(2) with `lowerdir=a:b:…`, from inside the layers directory
+/// with relative names so that more layers fit in the one-page option string.
+fn overlay_legacy(o: &Overlay, target: &Path) -> Result<OwnedFd, RootfsError> {
+    let base = o.lowers[0].parent().and_then(Path::parent).unwrap_or(Path::new("/"));
+    let rel: Vec<String> = o
+        .lowers
+        .iter()
+        .map(|l| l.strip_prefix(base).map(|r| r.display().to_string()).unwrap_or_else(|_| l.display().to_string()))
+        .collect();
+    let mut data = format!("lowerdir={}", rel.join(":"));
+    if let Some((u, w)) = &o.upper {
+        data.push_str(&format!(",upperdir={},workdir={}", u.display(), w.display()));
+    }
+    let cwd = std::env::current_dir().ok();
+    std::env::set_current_dir(base).map_err(err("chdir", base))?;
+    let flags = if o.upper.is_none() { MsFlags::MS_RDONLY } else { MsFlags::empty() };
+    let r = mount(Some("overlay"), target, Some("overlay"), flags, Some(data.as_str()))
+        .map_err(nerr("mount overlay on", target));
+    if let Some(c) = cwd {
+        let _ = std::env::set_current_dir(c);
+    }
+    r?;
+    // Hand the mounted tree back as a detached clone so the caller can attach it the
+    // same way as the fsmount path (and the original is detached below).
+    let m = sys::clone_tree(&cpath(target).map_err(err("open", target))?, true).map_err(err("open mount", target))?;
+    umount2(target, MntFlags::MNT_DETACH).map_err(nerr("detach", target))?;
+    Ok(m)
+}
+
+fn open_dir_path(p: &Path) -> Result<OwnedFd, RootfsError> {
+    nix::fcntl::open(p, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty()).map_err(nerr("open", p))
+}
+
+const IN_ROOT: ResolveFlag = ResolveFlag::RESOLVE_IN_ROOT.union(ResolveFlag::RESOLVE_NO_MAGICLINKS);
+
+/// Opens `path` (absolute, inside the container) beneath `root`, confined: `..` and
+/// symlinks cannot leave the rootfs.
+pub fn open_in_root(root: BorrowedFd<'_>, path: &str, flags: OFlag) -> nix::Result<OwnedFd> {
+    let rel = path.trim_start_matches('/');
+    let rel = if rel.is_empty() { "." } else { rel };
+    openat2(root, rel, OpenHow::new().flags(flags | OFlag::O_CLOEXEC).resolve(IN_ROOT))
+}
+
+/// Opens the mount target `path` inside the rootfs, creating it (and its parents) as a
+/// directory or an empty file if missing. A dangling symlink in the way is replaced
+/// (only the container's upper layer changes).
+pub fn target(root: BorrowedFd<'_>, path: &str, kind: Target) -> Result<OwnedFd, RootfsError> {
+    match open_in_root(root, path, OFlag::O_PATH) {
+        Ok(fd) => return check_kind(fd, path, kind),
+        Err(Errno::ENOENT) => {}
+        Err(e) => return Err(nerr("resolve", path)(e)),
+    }
+    let (parent, leaf) = match path.trim_end_matches('/').rsplit_once('/') {
+        Some((p, l)) if !l.is_empty() && l != "." && l != ".." => (p, l),
+        _ => return Err(err("resolve", path)(io::ErrorKind::InvalidInput.into())),
+    };
+    let pfd = match open_in_root(root, parent, OFlag::O_PATH | OFlag::O_DIRECTORY) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => {
+            target(root, if parent.is_empty() { "/" } else { parent }, Target::Dir)?;
+            open_in_root(root, parent, OFlag::O_PATH | OFlag::O_DIRECTORY).map_err(nerr("resolve", parent))?
+        }
+        Err(e) => return Err(nerr("resolve", parent)(e)),
+    };
+    let name = OsStr::new(leaf);
+    let create = |pfd: BorrowedFd<'_>| match kind {
+        Target::Dir => mkdirat(pfd, name, Mode::from_bits_truncate(0o755)),
+        Target::File => openat(
+            pfd,
+            name,
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_WRONLY,
+            Mode::from_bits_truncate(0o644),
+        )
+        .map(drop),
+    };
+    match create(pfd.as_fd()) {
+        Ok(()) => {}
+        Err(Errno::EEXIST) => {
+            // A dangling symlink: replace it with a real file or directory.
+            unlinkat(pfd.as_fd(), name, UnlinkatFlags::NoRemoveDir).map_err(nerr("replace dangling symlink", path))?;
+            create(pfd.as_fd()).map_err(nerr("create", path))?;
+        }
+        Err(e) => return Err(nerr("create", path)(e)),
+    }
+    let fd = openat(pfd.as_fd(), name, OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(nerr("open", path))?;
+    check_kind(fd, path, kind)
+}
+
+fn check_kind(fd: OwnedFd, path: &str, kind: Target) -> Result<OwnedFd, RootfsError> {
+    let st = fstat(&fd).map_err(nerr("stat", path))?;
+    let is_dir = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR;
+    if (kind == Target::Dir) != is_dir {
+        let what = if is_dir { "a directory" } else { "not a directory" };
+        return Err(err("mount on", path)(io::Error::other(format!("target is {what}"))));
+    }
+    Ok(fd)
+}
+
+fn ms_to_attrs(f: MsFlags) -> u64 {
+    let mut a = 0;
+    for (ms, attr) in [
+        (MsFlags::MS_RDONLY, sys::MOUNT_ATTR_RDONLY),
+        (MsFlags::MS_NOSUID, sys::MOUNT_ATTR_NOSUID),
+        (MsFlags::MS_NODEV, sys::MOUNT_ATTR_NODEV),
+        (MsFlags::MS_NOEXEC, sys::MOUNT_ATTR_NOEXEC),
+        (MsFlags::MS_STRICTATIME, sys::MOUNT_ATTR_STRICTATIME),
+    ] {
+        if f.contains(ms) {
+            a |= attr;
+        }
+    }
+    a
+}
+
+/// Applies one planned mount.
+pub fn apply(root: BorrowedFd<'_>, m: &Mount) -> Result<(), RootfsError> {
+    let tfd = target(root, &m.target, m.kind)?;
+    let mnt = match &m.source {
+        Source::Fs(fstype) => {
+            let fc = FsContext::open(&CString::new(*fstype).unwrap_or_default()).map_err(err("fsopen", &m.target))?;
+            for opt in m.data.split(',').filter(|o| !o.is_empty()) {
+                let r = match opt.split_once('=') {
+                    Some((k, v)) => fc.set_string(&cstring(k), &cstring(v)),
+                    None => fc.set_flag(&cstring(opt)),
+                };
+                r.map_err(err("mount option", format!("{} ({opt})", m.target)))?;
+            }
+            fc.mount(ms_to_attrs(m.flags)).map_err(err("mount", format!("{fstype} on {}", m.target)))?
+        }
+        Source::Bind(src) => {
+            let t = sys::clone_tree(&cpath(src).map_err(err("bind", src))?, m.flags.contains(MsFlags::MS_REC))
+                .map_err(err("bind", src))?;
+            let attrs = ms_to_attrs(m.flags);
+            if attrs != 0 {
+                sys::mount_setattr(t.as_fd(), attrs, true).map_err(err("set flags of", &m.target))?;
+            }
+            t
+        }
+    };
+    sys::move_mount_to_fd(mnt.as_fd(), tfd.as_fd()).map_err(err("mount on", &m.target))
+}
+
+fn cstring(s: &str) -> CString {
+    CString::new(s).unwrap_or_default()
+}
+
+/// Device nodes and symlinks in the container's fresh /dev.
+pub fn populate_dev(root: BorrowedFd<'_>) -> Result<(), RootfsError> {
+    let dev = open_in_root(root, "/dev", OFlag::O_PATH | OFlag::O_DIRECTORY).map_err(nerr("open", "/dev"))?;
+    for d in DEVICES {
+        let p = format!("/dev/{}", d.name);
+        mknodat(dev.as_fd(), d.name, SFlag::S_IFCHR, Mode::from_bits_truncate(d.mode), libc::makedev(d.major, d.minor))
+            .map_err(nerr("mknod", &p))?;
+        // mknod applies the umask; the mode must be exact.
+        fchmodat(dev.as_fd(), d.name, Mode::from_bits_truncate(d.mode), FchmodatFlags::FollowSymlink)
+            .map_err(nerr("chmod", &p))?;
+    }
+    for (name, to) in DEV_LINKS {
+        symlinkat(*to, dev.as_fd(), *name).map_err(nerr("symlink", format!("/dev/{name}")))?;
+    }
+    Ok(())
+}
+
+/// Masks and read-only paths (after /proc and /sys are mounted). Paths missing on this
+/// kernel are skipped.
+pub fn protect_paths(root: BorrowedFd<'_>) -> Result<(), RootfsError> {
+    for p in MASKED {
+        let fd = match open_in_root(root, p, OFlag::O_PATH | OFlag::O_NOFOLLOW) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT | Errno::ELOOP) => continue,
+            Err(e) => return Err(nerr("resolve", p)(e)),
+        };
+        let st = fstat(&fd).map_err(nerr("stat", p))?;
+        let mnt = if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR {
+            let fc = FsContext::open(c"tmpfs").map_err(err("fsopen", p))?;
+            fc.set_string(c"size", c"0").map_err(err("mount option", p))?;
+            fc.mount(sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV | sys::MOUNT_ATTR_NOEXEC)
+                .map_err(err("mask", p))?
+        } else {
+            sys::clone_tree(c"/dev/null", false).map_err(err("mask", p))?
+        };
+        sys::move_mount_to_fd(mnt.as_fd(), fd.as_fd()).map_err(err("mask", p))?;
+    }
+    for p in READ_ONLY {
+        let fd = match open_in_root(root, p, OFlag::O_PATH | OFlag::O_NOFOLLOW) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT | Errno::ELOOP) => continue,
+            Err(e) => return Err(nerr("resolve", p)(e)),
+        };
+        let proc_path = CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default();
+        let t = sys::clone_tree(&proc_path, true).map_err(err("bind", p))?;
+        sys::mount_setattr(
+            t.as_fd(),
+            sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV | sys::MOUNT_ATTR_NOEXEC,
+            true,
+        )
+        .map_err(err("make read-only", p))?;
+        sys::move_mount_to_fd(t.as_fd(), fd.as_fd()).map_err(err("make read-only", p))?;
+    }
+    Ok(())
+}
+
+/// pivot_root(2) into `root` and detach the old root (the `pivot_root(".", ".")` idiom
+/// from the man page: no directory for the old root is needed).
+pub fn pivot(root: BorrowedFd<'_>) -> Result<(), RootfsError> {
+    fchdir(root).map_err(nerr("chdir", "rootfs"))?;
+    pivot_root(".", ".").map_err(nerr("pivot_root", "rootfs"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(nerr("detach old root", "/"))?;
+    nix::unistd::chdir("/").map_err(nerr("chdir", "/"))?;
+    Ok(())
+}
+
+/// Reads a small regular file inside the container (after the pivot), refusing fifos and
+/// devices an image could plant to block us.
+pub fn read_small(path: &str, max: usize) -> io::Result<Option<String>> {
+    let fd = match nix::fcntl::open(
+        path,
+        OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let st = fstat(&fd)?;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
+        return Ok(None);
+    }
+    let mut data = Vec::new();
+    use std::io::Read;
+    std::fs::File::from(fd).take(max as u64).read_to_end(&mut data)?;
+    Ok(Some(String::from_utf8_lossy(&data).into_owned()))
+}
