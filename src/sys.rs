@@ -311,3 +311,9 @@ pub fn die_by_signal(sig: libc::c_int) -> ! {
         libc::_exit(128 + sig)
     }
 }
+
+/// pidfd_open(2).
+pub fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall returning a new fd.
+    check_fd(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })
+}

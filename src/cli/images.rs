@@ -94,7 +94,12 @@ pub fn images(store: &Store, a: ImagesArgs) -> CmdResult {
 }
 
 fn print_table(rows: &[[String; 5]]) {
-    let mut w = [0usize; 5];
+    print_rows(rows)
+}
+
+/// Left-aligned columns, three spaces apart, as docker prints tables.
+pub fn print_rows<const N: usize>(rows: &[[String; N]]) {
+    let mut w = [0usize; N];
     for r in rows {
         for (i, c) in r.iter().enumerate() {
             w[i] = w[i].max(c.len());

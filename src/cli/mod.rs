@@ -1,12 +1,14 @@
 //! Command-line interface: clap definitions and one small file per command. This is the
 //! only place that prints, and the only place that picks exit codes (docs/cli.md).
 
+mod exec;
 mod fsck;
 mod gc;
 mod images;
 mod import;
 mod inspect;
 mod output;
+mod ps;
 mod run;
 
 use std::path::PathBuf;
@@ -49,6 +51,14 @@ enum Command {
     Rmi(images::RmiArgs),
     /// Run an image's process in new PID, mount, UTS and IPC namespaces, as a foreground process
     Run(Box<run::RunArgs>),
+    /// Run a command in a running container
+    Exec(exec::ExecArgs),
+    /// List running containers
+    Ps(ps::PsArgs),
+    /// Send a signal to a running container (default SIGKILL)
+    Kill(ps::KillArgs),
+    /// Stop a running container: SIGTERM, then SIGKILL after a grace time
+    Stop(ps::StopArgs),
     /// Delete what no image needs: blobs, layers, tmp debris, dead containers' dirs
     #[command(visible_alias = "prune")]
     Gc,
@@ -101,6 +111,10 @@ fn command_name(c: &Command) -> &'static str {
         Command::Rmi(_) => "rmi",
         Command::Gc => "gc",
         Command::Run(_) => "run",
+        Command::Ps(_) => "ps",
+        Command::Exec(_) => "exec",
+        Command::Kill(_) => "kill",
+        Command::Stop(_) => "stop",
         Command::Fsck(_) => "fsck",
     }
 }
@@ -117,6 +131,10 @@ fn run(cli: Cli) -> CmdResult {
         Command::Rmi(a) => images::rmi(&store, a),
         Command::Gc => gc::gc(&store),
         Command::Run(a) => run::run(&store, cli.state, *a),
+        Command::Ps(a) => ps::ps(&cli.state, a),
+        Command::Exec(a) => exec::exec(&cli.state, a),
+        Command::Kill(a) => ps::kill(&cli.state, a),
+        Command::Stop(a) => ps::stop(&cli.state, a),
         Command::Fsck(a) => fsck::fsck(&store, a),
     }
 }

@@ -104,7 +104,8 @@ mod tests {
     #[test]
     fn rfc3339_dates() {
         assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(super::rfc3339(1_795_000_000), "2026-11-18T09:46:40Z");
+        // `date -u -d @1795000000`
+        assert_eq!(super::rfc3339(1_795_000_000), "2026-11-18T11:06:40Z");
         assert_eq!(super::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
     }
 }

@@ -57,9 +57,16 @@ impl BlobSource for DirSource {
 /// are followed: blob dirs may be shared). O_NONBLOCK keeps open(2) of a FIFO from
 /// blocking; it changes nothing for reads of a regular file.
 pub fn open_regular(p: &Path) -> io::Result<File> {
+    use nix::sys::statfs::{fstatfs, DEBUGFS_MAGIC, PROC_SUPER_MAGIC, SECURITYFS_MAGIC, SYSFS_MAGIC, TRACEFS_MAGIC};
     let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(p)?;
     if !f.metadata()?.is_file() {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "not a regular file"));
+    }
+    // Kernel pseudo files say S_IFREG, but reading one can block or change host state
+    // (/proc/kmsg consumes the kernel log): a symlink from a layout must not reach them.
+    let fs = fstatfs(&f).map_err(io::Error::from)?.filesystem_type();
+    if [PROC_SUPER_MAGIC, SYSFS_MAGIC, DEBUGFS_MAGIC, SECURITYFS_MAGIC, TRACEFS_MAGIC].contains(&fs) {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "not a regular file (a kernel pseudo file)"));
     }
     Ok(f)
 }

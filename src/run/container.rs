@@ -35,27 +35,46 @@ pub struct ChildConfig {
     pub privileged: bool,
     pub hostname: String,
     pub process: Process,
-    pub caps: CapsHashSet,
+    pub app: AppOptions,
     pub init: bool,
-    pub tty: bool,
-    pub interactive: bool,
     pub network_none: bool,
     /// Taken by the child when it places them at fds 3-6.
     pub pipes: Option<ChildPipes>,
 }
 
+/// How the app process is set up (shared by `run` and `exec`).
+#[derive(Clone)]
+pub struct AppOptions {
+    pub caps: CapsHashSet,
+    pub privileged: bool,
+    pub tty: bool,
+    /// coracle's window size, for the container's terminal.
+    pub winsize: Option<nix::pty::Winsize>,
+    pub interactive: bool,
+}
+
+/// What `coracle exec` hands its child (already inside the container's namespaces).
+pub struct ExecChild {
+    pub process: Process,
+    pub app: AppOptions,
+    pub pipes: Option<ChildPipes>,
+}
+
 /// The container's ends of the pipes to the outer process.
 pub struct ChildPipes {
-    pub alive: OwnedFd,
-    pub started: OwnedFd,
-    pub status: OwnedFd,
+    pub alive: Option<OwnedFd>,
+    pub started: Option<OwnedFd>,
+    pub status: Option<OwnedFd>,
     pub error: OwnedFd,
+    /// With -t: the socket on which to send coracle the pty master made in here.
+    pub tty: Option<OwnedFd>,
 }
 
 const ALIVE_FD: RawFd = 3;
 const STARTED_FD: RawFd = 4;
 const STATUS_FD: RawFd = 5;
 const ERROR_FD: RawFd = 6;
+const TTY_FD: RawFd = 7;
 
 /// Exit codes of setup failures, as docker uses them.
 pub const EXIT_SETUP: i32 = 125;
@@ -139,13 +158,16 @@ fn setup_and_run(mut cfg: ChildConfig) -> Result<Never, Failure> {
         process.env.push(("HOME".into(), user.home.clone()));
     }
 
+    if cfg.app.tty {
+        make_tty(&cfg.app)?;
+    }
     if !cfg.init {
         started(None);
-        return exec_app(&process, &user, &cfg, false);
+        return exec_app(&process, &user, &cfg.app, false);
     }
     // SAFETY: this process is single-threaded (a clone3 child of a single-threaded parent).
     match unsafe { fork() }? {
-        ForkResult::Child => exec_app(&process, &user, &cfg, true),
+        ForkResult::Child => exec_app(&process, &user, &cfg.app, true),
         ForkResult::Parent { child } => {
             started(Some(child));
             init_loop(child)
@@ -157,25 +179,39 @@ fn setup_and_run(mut cfg: ChildConfig) -> Result<Never, Failure> {
 /// process had open (lock files, the store) stays reachable from the container.
 fn place_pipes(p: ChildPipes) -> Result<(), Failure> {
     // First above the target range, then down, so no dup clobbers a pipe not yet moved.
-    let high: Vec<OwnedFd> = [p.alive, p.started, p.status, p.error]
-        .into_iter()
-        .map(|fd| {
-            nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(100)).map(|n| {
-                // SAFETY: F_DUPFD_CLOEXEC returned a fresh descriptor we own.
-                unsafe { OwnedFd::from_raw_fd(n) }
-            })
-        })
-        .collect::<Result<_, _>>()?;
-    for (i, fd) in high.iter().enumerate() {
-        // SAFETY: dup3 onto a fixed number; the previous holder of that number (if any)
-        // is one of our originals, which we no longer use.
-        if unsafe { libc::dup3(fd.as_raw_fd(), ALIVE_FD + i as RawFd, libc::O_CLOEXEC) } < 0 {
-            return Err(std::io::Error::last_os_error().into());
+    let slots = [
+        (p.alive, ALIVE_FD),
+        (p.started, STARTED_FD),
+        (p.status, STATUS_FD),
+        (Some(p.error), ERROR_FD),
+        (p.tty, TTY_FD),
+    ];
+    let mut high = Vec::new();
+    for (fd, slot) in slots {
+        if let Some(fd) = fd {
+            let n = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(100))?;
+            // SAFETY: F_DUPFD_CLOEXEC returned a fresh descriptor we own.
+            high.push((unsafe { OwnedFd::from_raw_fd(n) }, slot));
+        }
+    }
+    for slot in ALIVE_FD..=TTY_FD {
+        match high.iter().find(|(_, s)| *s == slot) {
+            // SAFETY: dup3 onto a fixed number; the previous holder of that number (if
+            // any) is one of our originals, which we no longer use.
+            Some((fd, _)) => {
+                if unsafe { libc::dup3(fd.as_raw_fd(), slot, libc::O_CLOEXEC) } < 0 {
+                    return Err(std::io::Error::last_os_error().into());
+                }
+            }
+            // SAFETY: nothing of ours lives at an unused slot.
+            None => unsafe {
+                libc::close(slot);
+            },
         }
     }
     // The `high` copies are closed by close_range below; forget them.
-    high.into_iter().for_each(std::mem::forget);
-    crate::sys::close_from((ERROR_FD + 1) as u32)?;
+    high.into_iter().for_each(|(fd, _)| std::mem::forget(fd));
+    crate::sys::close_from((TTY_FD + 1) as u32)?;
     Ok(())
 }
 
@@ -189,6 +225,8 @@ fn started(app: Option<Pid>) {
 /// PID 1 while the app runs: forward every signal to it, reap every child, and exit
 /// with the app's status once it is gone.
 fn init_loop(app: Pid) -> ! {
+    // SAFETY: init has no use for the pty slave (the app has it on 0-2).
+    unsafe { libc::close(TTY_FD) };
     let mask = SigSet::all();
     let sfd = match SignalFd::new(&mask) {
         Ok(s) => s,
@@ -233,7 +271,47 @@ fn finish(status: &str, code: i32) -> ! {
 }
 
 /// The app: session, credentials, capabilities, working directory, then execve.
-fn exec_app(p: &Process, u: &user::ExecUser, cfg: &ChildConfig, forked: bool) -> Result<Never, Failure> {
+/// The pty comes from the container's own devpts: the socket at TTY_FD is replaced by
+/// the slave, which the app takes as its stdio.
+fn make_tty(app: &AppOptions) -> Result<(), Failure> {
+    let slave = super::tty::make_in_container(unsafe_borrow(TTY_FD), app.winsize.as_ref())?;
+    // SAFETY: dup3 onto our fixed slot, replacing the socket.
+    if unsafe { libc::dup3(slave.as_raw_fd(), TTY_FD, libc::O_CLOEXEC) } < 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(())
+}
+
+/// `coracle exec`'s child, already in the container's namespaces (joined by its parent
+/// through a pidfd); never returns.
+pub fn exec_main(mut cfg: ExecChild) -> ! {
+    let r = (|| -> Result<Never, Failure> {
+        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+        place_pipes(cfg.pipes.take().ok_or(Failure(EXIT_SETUP, "pipes already taken".into()))?)?;
+        let passwd = rootfs::read_small("/etc/passwd", 4 << 20)?.unwrap_or_default();
+        let group = rootfs::read_small("/etc/group", 4 << 20)?.unwrap_or_default();
+        let user = user::resolve(&cfg.process.user, &passwd, &group)?;
+        if !cfg.process.env.iter().any(|(k, _)| k == "HOME") {
+            cfg.process.env.push(("HOME".into(), user.home.clone()));
+        }
+        if cfg.app.tty {
+            make_tty(&cfg.app)?;
+        }
+        started(None);
+        exec_app(&cfg.process, &user, &cfg.app, true)
+    })();
+    let code = match r {
+        Ok(never) => match never {},
+        Err(Failure(code, msg)) => {
+            report_error(code, &msg);
+            code
+        }
+    };
+    // SAFETY: plain exit of this child.
+    unsafe { libc::_exit(code) }
+}
+
+fn exec_app(p: &Process, u: &user::ExecUser, cfg: &AppOptions, forked: bool) -> Result<Never, Failure> {
     // SAFETY: closing our copies of the pipes the app has no business with.
     unsafe {
         libc::close(ALIVE_FD);
@@ -244,6 +322,14 @@ fn exec_app(p: &Process, u: &user::ExecUser, cfg: &ChildConfig, forked: bool) ->
         setsid()?;
     }
     if cfg.tty {
+        for fd in 0..3 {
+            // SAFETY: dup2 of our pty slave onto the standard fds.
+            if unsafe { libc::dup2(TTY_FD, fd) } < 0 {
+                return Err(std::io::Error::last_os_error().into());
+            }
+        }
+        // SAFETY: the slave now lives on 0-2.
+        unsafe { libc::close(TTY_FD) };
         crate::sys::set_controlling_tty(unsafe_borrow(0))?;
     } else if !cfg.interactive {
         // docker semantics: without -i the app reads from /dev/null.

@@ -18,7 +18,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::pipe2;
 
-use super::container::{self, ChildConfig, ChildPipes, EXIT_SETUP};
+use super::container::{self, AppOptions, ChildConfig, ChildPipes, EXIT_SETUP};
 use super::mounts::{self, PlanOptions};
 use super::rootfs::Overlay;
 use super::spec::Process;
@@ -167,6 +167,9 @@ fn launch(
     let (started_r, started_w) = pipe()?;
     let (status_r, status_w) = pipe()?;
     let (error_r, error_w) = pipe()?;
+    let console =
+        if l.tty { Some(super::tty::socketpair().map_err(|e| RunError::setup("socketpair", e))?) } else { None };
+    let _raw = (l.tty && nix::unistd::isatty(std::io::stdin()).unwrap_or(false)).then(super::tty::RawMode::enter);
     let mut flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64;
     if l.network_none {
         flags |= libc::CLONE_NEWNET as u64;
@@ -178,12 +181,26 @@ fn launch(
         privileged: plan.privileged,
         hostname,
         process: l.process.clone(),
-        caps: l.caps.clone(),
+        app: AppOptions {
+            caps: l.caps.clone(),
+            privileged: plan.privileged,
+            tty: l.tty,
+            winsize: if l.tty { super::tty::own_window_size() } else { None },
+            interactive: l.interactive,
+        },
         init: l.init,
-        tty: l.tty,
-        interactive: l.interactive,
         network_none: l.network_none,
-        pipes: Some(ChildPipes { alive: alive_r, started: started_w, status: status_w, error: error_w }),
+        pipes: Some(ChildPipes {
+            alive: Some(alive_r),
+            started: Some(started_w),
+            status: Some(status_w),
+            error: error_w,
+            tty: console
+                .as_ref()
+                .map(|(_, theirs)| theirs.try_clone())
+                .transpose()
+                .map_err(|e| RunError::setup("dup socket", e))?,
+        }),
     };
     let (init_pid, pidfd) = match sys::clone3_fork(flags).map_err(|e| RunError::setup("clone3", e))? {
         Forked::Child => container::main(cfg),
@@ -191,10 +208,20 @@ fn launch(
     };
     drop(cfg);
     let _alive = alive_w;
+    let console = console.map(|(ours, theirs)| {
+        drop(theirs);
+        ours
+    });
 
     // Wait for the app to be about to start (or for setup to fail: EOF).
     let mut started = String::new();
     let _ = File::from(started_r).read_to_string(&mut started);
+    let master = match (&console, started.is_empty()) {
+        (Some(sock), false) => {
+            Some(super::tty::receive_master(sock.as_fd()).map_err(|e| RunError::setup("receive terminal", e))?)
+        }
+        _ => None,
+    };
     let app_pid = match started.trim().parse::<i32>() {
         Ok(1) => Some(init_pid),
         Ok(_) => first_child(init_pid),
@@ -215,40 +242,107 @@ fn launch(
                 command: l.process.args.clone(),
                 started: crate::image::rootfs::rfc3339_now(),
                 store: l.store.root().to_path_buf(),
+                env: l.process.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+                cwd: l.process.cwd.clone(),
+                user: l.process.user.clone(),
+                caps: l.caps.iter().map(|c| c.to_string()).collect(),
+                privileged: plan.privileged,
             };
             Some(state::create(&l.state_dir, &s).map_err(|e| RunError::setup("write state", e))?)
         }
         None => None,
     };
 
+    let init_status = supervise(&sfd, &pidfd, master.as_ref(), l.interactive)?;
+    outcome(init_status, error_r, Some(status_r))
+}
+
+/// Forwards signals to `pidfd`'s process and relays the pty until that process exits;
+/// returns its wait status.
+pub(crate) fn supervise(
+    sfd: &SignalFd,
+    pidfd: &OwnedFd,
+    master: Option<&OwnedFd>,
+    interactive: bool,
+) -> Result<WaitStatus, RunError> {
+    let stdin = std::io::stdin();
+    let stdout = std::io::stdout();
+    let mut relay_stdin = master.is_some() && interactive;
+    let mut relay_out = master.is_some();
     loop {
-        let mut fds = [PollFd::new(sfd.as_fd(), PollFlags::POLLIN), PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+        let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN), PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+        if let (Some(m), true) = (master, relay_out) {
+            fds.push(PollFd::new(m.as_fd(), PollFlags::POLLIN));
+        }
+        if relay_stdin {
+            fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
+        }
         match poll(&mut fds, PollTimeout::NONE) {
             Err(Errno::EINTR) => continue,
             Err(e) => return Err(RunError::setup("poll", e)),
             Ok(_) => {}
         }
-        if fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLIN)) {
+        let ready = |i: usize| fds.get(i).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty());
+        let (sig_ready, exited, out_ready) = (ready(0), ready(1), relay_out && ready(2));
+        let in_ready = relay_stdin && ready(if relay_out { 3 } else { 2 });
+        drop(fds);
+        if sig_ready {
             while let Ok(Some(info)) = sfd.read_signal() {
                 let sig = info.ssi_signo as i32;
-                if sig != libc::SIGCHLD {
-                    let _ = sys::pidfd_send_signal(pidfd.as_fd(), sig);
+                match (master, sig) {
+                    (_, libc::SIGCHLD) => {}
+                    // With a pty the kernel tells the app about size changes itself.
+                    (Some(m), libc::SIGWINCH) => {
+                        if let Some(ws) = super::tty::window_size(stdout.as_fd()) {
+                            super::tty::set_window_size(m.as_fd(), &ws);
+                        }
+                    }
+                    _ => {
+                        let _ = sys::pidfd_send_signal(pidfd.as_fd(), sig);
+                    }
                 }
             }
         }
-        if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+        if let (Some(m), true) = (master, out_ready) {
+            relay_out = super::tty::pump(m.as_fd(), stdout.as_fd()).unwrap_or(false);
+        }
+        if let (Some(m), true) = (master, in_ready) {
+            relay_stdin = super::tty::pump(stdin.as_fd(), m.as_fd()).unwrap_or(false);
+        }
+        if exited {
             break;
         }
     }
-    let init_status = waitid(Id::PIDFd(pidfd.as_fd()), WaitPidFlag::WEXITED).map_err(|e| RunError::setup("wait", e))?;
+    if let Some(m) = master {
+        // What the app wrote just before exiting is still in the pty.
+        let _ = nix::fcntl::fcntl(m, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
+        while relay_out {
+            relay_out = super::tty::pump(m.as_fd(), stdout.as_fd()).unwrap_or(false);
+            let mut probe = [PollFd::new(m.as_fd(), PollFlags::POLLIN)];
+            if poll(&mut probe, PollTimeout::ZERO).unwrap_or(0) == 0 {
+                break;
+            }
+        }
+    }
+    waitid(Id::PIDFd(pidfd.as_fd()), WaitPidFlag::WEXITED).map_err(|e| RunError::setup("wait", e))
+}
 
+/// How the app ended: an error the container reported (setup or exec), else the status
+/// init reported, else the status of the process we waited for.
+pub(crate) fn outcome(
+    init_status: WaitStatus,
+    error_r: OwnedFd,
+    status_r: Option<OwnedFd>,
+) -> Result<Outcome, RunError> {
     let mut error = String::new();
     let _ = File::from(error_r).read_to_string(&mut error);
     if let Some((code, msg)) = error.split_once(' ') {
         return Err(RunError { code: code.parse().unwrap_or(EXIT_SETUP), message: msg.to_owned() });
     }
     let mut status = String::new();
-    let _ = File::from(status_r).read_to_string(&mut status);
+    if let Some(r) = status_r {
+        let _ = File::from(r).read_to_string(&mut status);
+    }
     let parsed = status.split_once(' ').and_then(|(k, v)| Some((k.to_owned(), v.parse::<i32>().ok()?)));
     Ok(match (parsed, init_status) {
         (Some((k, n)), _) if k == "exit" => Outcome::Exited(n),

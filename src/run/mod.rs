@@ -3,9 +3,12 @@
 
 pub mod capabilities;
 pub mod container;
+pub mod control;
+pub mod exec;
 pub mod launch;
 pub mod mounts;
 pub mod rootfs;
 pub mod spec;
 pub mod state;
+pub mod tty;
 pub mod user;

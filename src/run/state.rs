@@ -23,6 +23,13 @@ pub struct State {
     pub command: Vec<String>,
     pub started: String,
     pub store: PathBuf,
+    /// The app's environment (`K=V`), working directory, user and capabilities: what
+    /// `coracle exec` gives the processes it adds.
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub user: String,
+    pub caps: Vec<String>,
+    pub privileged: bool,
 }
 
 /// A state entry held by this process; removed on drop.

@@ -84,14 +84,21 @@ impl Store {
             };
             if let Some(why) = why {
                 let lock = crate::digest::Digest::from_hex(&name).ok().map(|d| self.layer_lock_path(&d));
-                problem(&mut r, format!("layer {name}: {why}"), &mut || {
-                    // Never pull a layer from under a running container.
-                    match lock.as_ref().map(|p| Lock::try_exclusive(p)).transpose()?.flatten() {
-                        Some(_l) => self.remove_tree(&path).map(|_| ()),
-                        None if lock.is_none() => self.remove_tree(&path).map(|_| ()),
-                        None => Ok(()),
-                    }
-                })?;
+                // Never pull a layer from under a running container (it holds the lock
+                // shared). Such a layer stays, so the problem stays unrepaired: reporting it
+                // "(removed)" made --repair exit 0 over a store the next fsck fails.
+                let guard = match (&lock, repair) {
+                    (Some(p), true) => Lock::try_exclusive(p)?,
+                    _ => None,
+                };
+                if repair && lock.is_some() && guard.is_none() {
+                    r.problems.push(Problem {
+                        what: format!("layer {name}: {why} (kept: in use by a running container)"),
+                        repaired: false,
+                    });
+                } else {
+                    problem(&mut r, format!("layer {name}: {why}"), &mut || self.remove_tree(&path).map(|_| ()))?;
+                }
             }
         }
 
@@ -126,10 +133,21 @@ impl Store {
         // Names: each must point at an image record.
         let refs_dir = self.path("refs");
         for e in fs::read_dir(&refs_dir).map_err(StoreError::io("read", &refs_dir))?.flatten() {
-            r.refs += 1;
             let path = e.path();
-            let target = fs::read_to_string(&path).ok().and_then(|s| s.trim().parse::<crate::digest::Digest>().ok());
+            // A plain fsck shares the store lock with `rmi`, which may remove a name (then
+            // its record) while we look: a name gone since the listing is no problem.
+            let content = match fs::read_to_string(&path) {
+                Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                read => read.ok(),
+            };
+            r.refs += 1;
+            let target = content.as_deref().and_then(|s| s.trim().parse::<crate::digest::Digest>().ok());
             let ok = target.as_ref().is_some_and(|d| self.get_image(d).ok().flatten().is_some());
+            // `rmi` removes the name before the record: only a name still there, unchanged,
+            // after its record is found missing is dangling.
+            if !ok && fs::read_to_string(&path).ok() != content {
+                continue;
+            }
             if !ok {
                 let name = e.file_name().to_string_lossy().replace("%2F", "/").replace("%25", "%");
                 problem(&mut r, format!("name {name}: points at no image"), &mut || remove(&path))?;

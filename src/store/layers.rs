@@ -165,7 +165,24 @@ impl Store {
         }
         fsync_dir(dir.path())?;
         let target = self.layer_dir(&un.diff_id);
-        match fs::rename(dir.path(), &target) {
+        let mut renamed = fs::rename(dir.path(), &target);
+        let occupied = |r: &io::Result<()>| {
+            r.as_ref().is_err_and(|e| matches!(e.raw_os_error(), Some(libc::ENOTEMPTY | libc::EEXIST)))
+        };
+        if occupied(&renamed) && self.layer_marker(&un.diff_id).is_none() {
+            // A dir without a valid marker is damage (fsck reports it), never a commit: a
+            // commit renames a whole dir, marker included. Taking it for "someone committed
+            // meanwhile" let the import succeed over a layer that does not count as existing.
+            // Replace it, never from under a running container: with a diff-id,
+            // ensure_layer holds the layer lock exclusively already.
+            let _lock = match diff_id {
+                Some(_) => None,
+                None => Some(Lock::exclusive(&self.layer_lock_path(&un.diff_id))?),
+            };
+            self.remove_tree(&target)?;
+            renamed = fs::rename(dir.path(), &target);
+        }
+        match renamed {
             Ok(()) => {
                 let _ = dir.keep();
             }
