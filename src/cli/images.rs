@@ -120,9 +120,13 @@ pub fn tag(store: &Store, a: TagArgs) -> CmdResult {
     Ok(0)
 }
 
-pub fn rmi(store: &Store, a: RmiArgs) -> CmdResult {
+pub fn rmi(store: &Store, state_dir: &std::path::Path, a: RmiArgs) -> CmdResult {
+    let in_use: Vec<(Digest, String)> = crate::run::state::list(state_dir)?
+        .into_iter()
+        .filter_map(|s| Some((s.image_digest.parse().ok()?, s.name)))
+        .collect();
     for arg in &a.images {
-        for r in lookup::remove(store, arg)? {
+        for r in lookup::remove(store, arg, &in_use)? {
             match r {
                 Removed::Untagged(n) => println!("Untagged: {n}"),
                 Removed::Deleted(d) => println!("Deleted: {d}"),

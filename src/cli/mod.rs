@@ -128,7 +128,7 @@ fn run(cli: Cli) -> CmdResult {
         Command::Images(a) => images::images(&store, a),
         Command::Inspect(a) => inspect::inspect(&store, a),
         Command::Tag(a) => images::tag(&store, a),
-        Command::Rmi(a) => images::rmi(&store, a),
+        Command::Rmi(a) => images::rmi(&store, &cli.state, a),
         Command::Gc => gc::gc(&store),
         Command::Run(a) => run::run(&store, cli.state, *a),
         Command::Ps(a) => ps::ps(&cli.state, a),

@@ -75,20 +75,26 @@ pub enum Removed {
 
 /// `coracle rmi`: by name, removes that name, and the image once no name is left; by
 /// ID or digest, removes the image with all its names. Space is reclaimed by `gc`.
-pub fn remove(store: &Store, arg: &str) -> Result<Vec<Removed>> {
+/// `in_use` maps the digests of images running containers use to a container's name:
+/// such an image is never deleted (removing one of several names is fine).
+pub fn remove(store: &Store, arg: &str, in_use: &[(Digest, String)]) -> Result<Vec<Removed>> {
     let _hold = store.lock_shared()?;
     let (rec, via) = find_with_ref(store, arg)?;
-    let mut out = Vec::new();
     let names = names_of(store, &rec.digest)?;
     let to_untag: Vec<Reference> = match &via {
         Some(r) => vec![r.clone()],
         None => names.clone(),
     };
+    let deletes = names.len() <= to_untag.len();
+    if let Some((_, c)) = in_use.iter().find(|(d, _)| deletes && *d == rec.digest) {
+        return Err(ImageError::InUse(arg.to_owned(), c.clone()));
+    }
+    let mut out = Vec::new();
     for r in &to_untag {
         store.remove_ref(r)?;
         out.push(Removed::Untagged(r.clone()));
     }
-    if names.len() <= to_untag.len() {
+    if deletes {
         store.remove_image(&rec.digest)?;
         out.push(Removed::Deleted(rec.digest.clone()));
     }

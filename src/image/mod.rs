@@ -43,6 +43,8 @@ pub enum ImageError {
     AmbiguousId(String, String),
     #[error("unknown source {0:?}: expected oci:DIR[:REF], oci-archive:FILE[:REF] or docker-archive:FILE[:NAME:TAG] (registry pulls are not supported yet)")]
     UnknownTransport(String),
+    #[error("image {0:?} is in use by running container {1} (stop it first)")]
+    InUse(String, String),
     #[error("--tag names one image but {0} holds {1}")]
     TagNeedsOneImage(String, usize),
 }

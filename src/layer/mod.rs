@@ -78,14 +78,14 @@ pub struct Unpacked {
 /// Uncompressed data may exceed this many times the compressed size only below 1 GiB.
 pub const MAX_RATIO: u64 = 200;
 const RATIO_FLOOR: u64 = 1 << 30;
+const CHUNK: usize = 1 << 20;
+const SPACE_CHECK_EVERY: u64 = 64 << 20;
 
 /// The decompression-bomb rule, shared with archive spooling: over 1 GiB out and more than
 /// [`MAX_RATIO`] times what came in so far.
 pub fn is_bomb(decompressed: u64, compressed: u64) -> bool {
     decompressed > RATIO_FLOOR && decompressed / MAX_RATIO > compressed
 }
-const CHUNK: usize = 1 << 20;
-const SPACE_CHECK_EVERY: u64 = 64 << 20;
 
 /// Limits for one unpack.
 #[derive(Clone, Copy, Debug)]
