@@ -83,10 +83,21 @@ pub type CmdResult = Result<i32, Failure>;
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() { EXIT_ERROR } else { 0 };
+        // --help and --version print as clap renders them.
+        Err(e) if !e.use_stderr() => {
             let _ = e.print();
-            return code;
+            return 0;
+        }
+        Err(e) => {
+            // Usage errors are one line too, like every other error.
+            let text = e.render().to_string();
+            let first: Vec<&str> = text.lines().map(str::trim).take_while(|l| !l.is_empty()).collect();
+            let msg = match e.kind() {
+                clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => "no command given".to_owned(),
+                _ => first.join(" ").trim_start_matches("error: ").to_owned(),
+            };
+            eprintln!("coracle: {msg} (see 'coracle --help')");
+            return EXIT_ERROR;
         }
     };
     let verb = command_name(&cli.command);

@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read};
-use std::path::Path;
 
 use serde::Deserialize;
 
@@ -54,14 +53,13 @@ pub enum Selector {
     Position(usize),
 }
 
-pub fn parse_selector(s: Option<&str>) -> Result<Selector> {
+pub fn parse_selector(source: &str, s: Option<&str>) -> Result<Selector> {
     match s {
         None => Ok(Selector::All),
         Some(s) => match s.strip_prefix('@') {
-            Some(n) => n
-                .parse()
-                .map(Selector::Position)
-                .map_err(|_| source_err("docker-archive", format!("bad image position {s:?}"))),
+            Some(n) => {
+                n.parse().map(Selector::Position).map_err(|_| source_err(source, format!("bad image position {s:?}")))
+            }
             None => Ok(Selector::Name(s.parse()?)),
         },
     }
@@ -171,11 +169,4 @@ fn blob_digest(index: &TarIndex, path: &str) -> io::Result<Digest> {
     let mut r = HashingReader::new(index.open(path)?);
     io::copy(&mut r, &mut io::sink())?;
     Ok(r.finish().0)
-}
-
-/// `docker-archive:FILE[:NAME:TAG|:@N]`
-pub fn import_file(store: &Store, file: &Path, sel: &Selector, tag: Option<&Reference>) -> Result<Vec<Imported>> {
-    let name = format!("docker-archive:{}", file.display());
-    let index = super::oci::open_index(&name, file)?;
-    import_archive(store, &index, &name, sel, tag)
 }

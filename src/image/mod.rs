@@ -63,8 +63,21 @@ use crate::layer::Compression;
 use crate::reference::Reference;
 use crate::store::Store;
 
+/// A name given with --tag (or to `import`) must be a tag: a digest names content, and a
+/// ref holding one could never be found again.
+fn check_tag(tag: Option<&Reference>) -> Result<()> {
+    match tag {
+        Some(t) if t.digest().is_some() => Err(ImageError::Reference(crate::reference::ReferenceError::Invalid(
+            t.to_string(),
+            "a tag cannot contain a digest",
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// `coracle pull SOURCE` for the local transports.
 pub fn pull(store: &Store, source: &str, tag: Option<&Reference>) -> Result<Vec<Imported>> {
+    check_tag(tag)?;
     let (transport, rest) = source.split_once(':').ok_or_else(|| ImageError::UnknownTransport(source.to_owned()))?;
     // Like skopeo: the path ends at the first ':'; what follows selects an image.
     let (path, selector) = match rest.split_once(':') {
@@ -72,7 +85,7 @@ pub fn pull(store: &Store, source: &str, tag: Option<&Reference>) -> Result<Vec<
         _ => (rest.trim_end_matches(':'), None),
     };
     if path.is_empty() {
-        return Err(source_err(source, "no path given"));
+        return Err(ImageError::Source { source_name: format!("source {source:?}"), why: "names no path".into() });
     }
     let want = platform::host();
     let _hold = store.lock_shared()?;
@@ -84,7 +97,7 @@ pub fn pull(store: &Store, source: &str, tag: Option<&Reference>) -> Result<Vec<
             oci::import_archive(store, index, Path::new(path), name, selector, tag, &want)?
         }
         "docker-archive" => {
-            let sel = docker::parse_selector(selector)?;
+            let sel = docker::parse_selector(source, selector)?;
             let name = format!("docker-archive:{path}");
             let (index, _spool) = open_archive(store, &name, Path::new(path))?;
             docker::import_archive(store, &index, &name, &sel, tag)?
@@ -97,6 +110,7 @@ pub fn pull(store: &Store, source: &str, tag: Option<&Reference>) -> Result<Vec<
 /// `coracle load -i FILE`: a docker-save or OCI archive, told apart by content; `-` reads
 /// standard input. Every image in the archive is imported.
 pub fn load(store: &Store, file: &str, tag: Option<&Reference>) -> Result<Vec<Imported>> {
+    check_tag(tag)?;
     let _hold = store.lock_shared()?;
     let name = if file == "-" { "stdin".to_owned() } else { file.to_owned() };
     let (index, _spool) = if file == "-" {
@@ -120,6 +134,7 @@ pub fn load(store: &Store, file: &str, tag: Option<&Reference>) -> Result<Vec<Im
 
 /// `coracle import`: a rootfs tarball from a file or `-`.
 pub fn import_rootfs(store: &Store, file: &str, name: Option<&Reference>) -> Result<Imported> {
+    check_tag(name)?;
     let _hold = store.lock_shared()?;
     if file == "-" {
         return rootfs::import(store, io::stdin(), name);

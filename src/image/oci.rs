@@ -1,7 +1,6 @@
 //! OCI image layouts (image-spec image-layout.md), as a directory (`oci:DIR[:REF]`) or a
 //! tar archive of one (`oci-archive:FILE[:REF]`).
 
-use std::fs::File;
 use std::path::Path;
 
 use serde::Deserialize;
@@ -45,22 +44,51 @@ fn parse_layout(name: &str, layout: &[u8], index: &[u8]) -> Result<Index> {
 }
 
 /// The name an index entry gives its image, if any (`fallback_repo` for bare tags).
-fn entry_name(d: &Descriptor, fallback_repo: &str) -> Option<Reference> {
-    if let Some(n) = d.annotation(CONTAINERD_NAME).and_then(|n| n.parse().ok()) {
-        return Some(n);
+/// A name that cannot be parsed is an error (the user can pass --tag), never silently
+/// dropped.
+fn entry_name(src: &str, d: &Descriptor, fallback_repo: &str) -> Result<Option<Reference>> {
+    let bad = |n: &str| {
+        source_err(src, format!("ref name {n:?} is not a valid image name or tag (name the image with --tag)"))
+    };
+    if let Some(n) = d.annotation(CONTAINERD_NAME) {
+        return n.parse().map(Some).map_err(|_| bad(n));
     }
-    let r = d.annotation(REF_NAME)?;
+    let Some(r) = d.annotation(REF_NAME) else { return Ok(None) };
     if r.contains(['/', ':']) {
-        return r.parse().ok();
+        return r.parse().map(Some).map_err(|_| bad(r));
     }
     // A bare tag (what skopeo and umoci write): a local name after the layout's file name.
-    format!("localhost/{fallback_repo}:{r}").parse().ok()
+    format!("localhost/{fallback_repo}:{r}").parse().map(Some).map_err(|_| bad(r))
+}
+
+/// Entries of one name that differ by platform (a "flat" multi-platform layout, as
+/// some tools write instead of a nested index) become the one entry for `want`.
+fn pick_platforms<'a>(src: &str, entries: Vec<&'a Descriptor>, want: &Platform) -> Result<Vec<&'a Descriptor>> {
+    let mut groups: Vec<(Option<&str>, Vec<&'a Descriptor>)> = Vec::new();
+    for d in entries {
+        let key = d.annotation(REF_NAME);
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => v.push(d),
+            None => groups.push((key, vec![d])),
+        }
+    }
+    let mut out = Vec::new();
+    for (_, group) in groups {
+        if group.len() > 1 && group.iter().all(|d| d.platform.is_some()) {
+            let owned: Vec<Descriptor> = group.iter().map(|d| (*d).clone()).collect();
+            let best = import::select_platform(src, &owned, want)?;
+            out.extend(group.into_iter().find(|d| d.digest == best.digest));
+        } else {
+            out.extend(group);
+        }
+    }
+    Ok(out)
 }
 
 /// A repository name made from a path's file name: lowercase, invalid characters dropped.
 fn repo_from_path(p: &Path) -> String {
     let stem = p.file_name().and_then(|s| s.to_str()).unwrap_or("image");
-    let stem = stem.strip_suffix(".tar").unwrap_or(stem);
+    let stem = [".tar.gz", ".tgz", ".tar.zst", ".tar"].iter().find_map(|x| stem.strip_suffix(x)).unwrap_or(stem);
     let s: String =
         stem.to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
     let s = s.trim_matches('-').to_owned();
@@ -101,7 +129,7 @@ fn import_all(
     repo: &str,
     want: &Platform,
 ) -> Result<Vec<Imported>> {
-    let entries = select(src.name(), idx, selector)?;
+    let entries = pick_platforms(src.name(), select(src.name(), idx, selector)?, want)?;
     if tag.is_some() && entries.len() > 1 {
         return Err(ImageError::TagNeedsOneImage(src.name().to_owned(), entries.len()));
     }
@@ -110,7 +138,7 @@ fn import_all(
     for d in &entries {
         let names: Vec<Reference> = match tag {
             Some(t) => vec![t.clone()],
-            None => entry_name(d, repo).into_iter().collect(),
+            None => entry_name(src.name(), d, repo)?.into_iter().collect(),
         };
         resolved.push((import::resolve(src, d, want)?, names));
     }
@@ -153,22 +181,4 @@ pub fn import_archive(
     let idx = parse_layout(&name, &read("oci-layout")?, &read("index.json")?)?;
     let src = ArchiveSource { index, name };
     import_all(store, &src, &idx, selector, tag, &repo_from_path(file), want)
-}
-
-/// `oci-archive:FILE[:REF]`
-pub fn import_archive_file(
-    store: &Store,
-    file: &Path,
-    selector: Option<&str>,
-    tag: Option<&Reference>,
-    want: &Platform,
-) -> Result<Vec<Imported>> {
-    let name = format!("oci-archive:{}", file.display());
-    let index = open_index(&name, file)?;
-    import_archive(store, index, file, name, selector, tag, want)
-}
-
-pub(crate) fn open_index(name: &str, file: &Path) -> Result<TarIndex> {
-    let f = File::open(file).map_err(|e| source_err(name, e))?;
-    TarIndex::build(f).map_err(|e| source_err(name, format!("not a readable tar archive: {e}")))
 }
