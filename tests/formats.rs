@@ -263,3 +263,18 @@ fn skopeo_and_umoci_produced_images_import() {
     let o = env.run(&["fsck"]);
     assert!(o.status(), "{}", o.stdout());
 }
+
+/// A bad layer after good ones: the good ones were extracted, but nothing of the image
+/// may become visible (no layer dir, no blob, no record), and the tmp/ copies are gone.
+#[test]
+fn regression_failed_last_layer_commits_no_earlier_layer() {
+    let env = Env::new();
+    let good1 = LayerBuilder::new().file("a", 0o644, b"a").finish();
+    let good2 = LayerBuilder::new().file("b", 0o644, b"b").finish();
+    let bad = LayerBuilder::new().symlink("evil", "/etc").file("evil/x", 0o644, b"x").finish();
+    let img = build(&Image::new(vec![(good1, Comp::Gzip), (good2, Comp::Zstd), (bad, Comp::Gzip)]));
+    write_oci_layout(&env.path("layout"), &[(&img, Some("t"))]);
+    env.run(&["pull", &format!("oci:{}", env.path("layout").display())]).assert_error("evil/x");
+    assert!(env.store_objects().is_empty(), "{:?}", env.store_objects());
+    assert_eq!(std::fs::read_dir(env.root().join("tmp")).unwrap().count(), 0);
+}

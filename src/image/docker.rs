@@ -108,7 +108,7 @@ pub fn import_archive(
     let mut out = Vec::new();
     for ((resolved, by_digest), names) in prepared {
         let src = Members { index, by_digest, name };
-        out.push(import::import_manifest(store, &src, &resolved, &names)?);
+        out.push(import::import_manifest(store, &src, &resolved, &names, Vec::new())?);
     }
     Ok(out)
 }

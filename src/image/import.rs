@@ -1,6 +1,7 @@
 //! The one import path every local format goes through: resolve an index to a platform
 //! manifest, then commit layers, config, manifest, record and names, in that order.
 
+use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::manifest::{self, Descriptor, Document, Manifest};
@@ -9,7 +10,7 @@ use super::{config, platform, source_err, ImageError, Result};
 use crate::digest::Digest;
 use crate::reference::Reference;
 use crate::store::images::{ImageRecord, LayerRecord, Platform};
-use crate::store::layers::LayerBlob;
+use crate::store::layers::{LayerBlob, LayerNeed, PendingBlob, PendingLayer};
 use crate::store::Store;
 
 /// An image that an import committed, with the names it got.
@@ -76,11 +77,20 @@ pub fn select_platform<'a>(name: &str, entries: &'a [Descriptor], want: &Platfor
 }
 
 /// Commits the image `r` from `src` into the store and names it.
-pub fn import_manifest(store: &Store, src: &dyn BlobSource, r: &Resolved, names: &[Reference]) -> Result<Imported> {
+/// Commits the image `r` from `src` into the store and names it. Nothing becomes visible
+/// until every part is verified: layers are extracted into tmp/ (under their locks, taken
+/// in digest order so that concurrent imports cannot deadlock), then blobs, layers,
+/// config, manifest, record and names are committed in that order. `ready` holds layers
+/// the caller has already extracted (`coracle import`).
+pub fn import_manifest(
+    store: &Store,
+    src: &dyn BlobSource,
+    r: &Resolved,
+    names: &[Reference],
+    ready: Vec<PendingLayer>,
+) -> Result<Imported> {
     let m = &r.manifest;
     let cfg_bytes = src.read_document(&m.config.digest).map_err(|e| source_err(src.name(), e))?;
-    // Verified now, committed after the layers: a layer that fails must not leave the
-    // config behind as an orphan blob (a failed import commits nothing of the image).
     let cfg_len = cfg_bytes.len() as u64;
     crate::store::blobs::verify(&m.config.digest, Some(m.config.size), &Digest::of(&cfg_bytes), cfg_len)?;
     let cfg = config::parse(&m.config.digest, &cfg_bytes)?;
@@ -90,18 +100,67 @@ pub fn import_manifest(store: &Store, src: &dyn BlobSource, r: &Resolved, names:
             why: format!("lists {} diff_ids but the manifest has {} layers", cfg.diff_ids.len(), m.layers.len()),
         });
     }
+    let blob_of = |l: &Descriptor| LayerBlob { digest: Some(l.digest.clone()), size: Some(l.size) };
+
+    // Lock the layers this import must extract, in a global order.
+    let mut to_lock: Vec<&Digest> = m
+        .layers
+        .iter()
+        .zip(&cfg.diff_ids)
+        .filter(|(l, d)| matches!(store.layer_need(&blob_of(l), d), LayerNeed::Extract))
+        .map(|(_, d)| d)
+        .collect();
+    to_lock.sort();
+    to_lock.dedup();
+    let _locks = to_lock.iter().map(|d| store.lock_layer(d)).collect::<Result<Vec<_>, _>>()?;
+
+    let mut ready: HashMap<Digest, PendingLayer> = ready.into_iter().map(|p| (p.marker.diff_id.clone(), p)).collect();
+    let mut pending_layers: Vec<PendingLayer> = Vec::new();
+    let mut pending_blobs: Vec<PendingBlob> = Vec::new();
     let mut layers = Vec::with_capacity(m.layers.len());
     let mut size = 0;
     for (l, diff_id) in m.layers.iter().zip(&cfg.diff_ids) {
-        let blob = LayerBlob { digest: Some(l.digest.clone()), size: Some(l.size) };
-        let marker = store.ensure_layer(&blob, Some(diff_id), || src.open(&l.digest))?;
-        size += marker.size;
+        let blob = blob_of(l);
+        let queued = pending_layers.iter().any(|p| &p.marker.diff_id == diff_id)
+            || pending_blobs.iter().any(|p| p.digest == l.digest);
+        // Checked again now that the locks are held: another import may have finished.
+        size += match store.layer_need(&blob, diff_id) {
+            _ if queued => store.layer_marker(diff_id).map_or_else(
+                || pending_layers.iter().find(|p| &p.marker.diff_id == diff_id).map_or(0, |p| p.marker.size),
+                |x| x.size,
+            ),
+            LayerNeed::Nothing(marker) => marker.size,
+            LayerNeed::Blob(marker) => {
+                let p = match ready.remove(diff_id) {
+                    Some(p) if p.blob.digest == l.digest => p.blob,
+                    _ => store.fetch_blob(&l.digest, Some(l.size), src.open(&l.digest).map_err(|e| source_err(src.name(), e))?)?,
+                };
+                pending_blobs.push(p);
+                marker.size
+            }
+            LayerNeed::Extract => {
+                let p = match ready.remove(diff_id) {
+                    Some(p) => p,
+                    None => store.extract_layer(&blob, Some(diff_id), || src.open(&l.digest))?,
+                };
+                let n = p.marker.size;
+                pending_layers.push(p);
+                n
+            }
+        };
         layers.push(LayerRecord {
             blob: l.digest.clone(),
             media_type: l.media_type.clone(),
             size: l.size,
             diff_id: diff_id.clone(),
         });
+    }
+
+    for b in pending_blobs {
+        store.commit_blob(b)?;
+    }
+    for p in pending_layers {
+        store.commit_layer(p)?;
     }
     store.put_blob(&m.config.digest, Some(m.config.size), &cfg_bytes)?;
     store.put_blob(&r.digest, Some(r.bytes.len() as u64), &r.bytes)?;
@@ -115,6 +174,9 @@ pub fn import_manifest(store: &Store, src: &dyn BlobSource, r: &Resolved, names:
         size,
         loaded: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
     };
+    // Record and names under the names lock, so that an `rmi` deciding "last name gone,
+    // delete the record" never interleaves with them.
+    let _names = store.lock_names()?;
     // Keep the first load time of an image imported again.
     let record = match store.get_image(&record.digest) {
         Ok(Some(old)) => ImageRecord { loaded: old.loaded, ..record },

@@ -54,6 +54,7 @@ pub fn names_of(store: &Store, d: &Digest) -> Result<Vec<Reference>> {
 /// `coracle tag`: one more name for an existing image.
 pub fn tag(store: &Store, image: &str, name: &str) -> Result<(ImageRecord, Reference)> {
     let _hold = store.lock_shared()?;
+    let _names = store.lock_names()?;
     let rec = find(store, image)?;
     let r: Reference = name.parse()?;
     if r.digest().is_some() {
@@ -79,6 +80,8 @@ pub enum Removed {
 /// such an image is never deleted (removing one of several names is fine).
 pub fn remove(store: &Store, arg: &str, in_use: &[(Digest, String)]) -> Result<Vec<Removed>> {
     let _hold = store.lock_shared()?;
+    // From reading the names to deleting the record, no import may add a name.
+    let _names = store.lock_names()?;
     let (rec, via) = find_with_ref(store, arg)?;
     let names = names_of(store, &rec.digest)?;
     let to_untag: Vec<Reference> = match &via {

@@ -144,7 +144,7 @@ fn import_all(
     }
     let mut out = Vec::new();
     for (r, names) in resolved {
-        out.push(import::import_manifest(store, src, &r, &names)?);
+        out.push(import::import_manifest(store, src, &r, &names, Vec::new())?);
     }
     Ok(out)
 }

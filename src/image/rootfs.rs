@@ -14,26 +14,33 @@ use crate::reference::Reference;
 use crate::store::layers::LayerBlob;
 use crate::store::Store;
 
-/// Blobs already committed to the store (the import wrote them itself).
-struct StoreSource<'a>(&'a Store);
+/// The config this import wrote; the layer comes already extracted.
+struct Generated {
+    config: Digest,
+    bytes: Vec<u8>,
+}
 
-impl BlobSource for StoreSource<'_> {
+impl BlobSource for Generated {
     fn name(&self) -> &str {
-        "store"
+        "import"
     }
     fn open(&self, d: &Digest) -> std::io::Result<Box<dyn Read + Send + '_>> {
-        Ok(Box::new(std::fs::File::open(self.0.blob_path(d))?))
+        if *d == self.config {
+            return Ok(Box::new(&self.bytes[..]));
+        }
+        Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("blob {d}")))
     }
 }
 
 pub fn import<R: Read + Send>(store: &Store, input: R, name: Option<&Reference>) -> Result<Imported> {
-    let marker = store.ensure_layer(&LayerBlob::default(), None, || Ok(input))?;
+    let pending = store.extract_layer(&LayerBlob::default(), None, || Ok(input))?;
+    let marker = pending.marker.clone();
     let layer_type = match marker.compression.as_str() {
         "gzip" => OCI_LAYER_GZIP.to_owned(),
         "zstd" => "application/vnd.oci.image.layer.v1.tar+zstd".to_owned(),
         _ => OCI_LAYER_TAR.to_owned(),
     };
-    let blob_size = std::fs::metadata(store.blob_path(&marker.blob)).map(|m| m.len()).unwrap_or(0);
+    let blob_size = pending.blob.size();
     let host = platform::host();
     let now = rfc3339_now();
     let mut cfg = json!({
@@ -49,7 +56,6 @@ pub fn import<R: Read + Send>(store: &Store, input: R, name: Option<&Reference>)
     }
     let cfg_bytes = serde_json::to_vec(&cfg).expect("config serialises");
     let cfg_digest = Digest::of(&cfg_bytes);
-    store.put_blob(&cfg_digest, None, &cfg_bytes)?;
     let manifest = Manifest {
         schema_version: 2,
         media_type: Some(OCI_MANIFEST.into()),
@@ -70,12 +76,9 @@ pub fn import<R: Read + Send>(store: &Store, input: R, name: Option<&Reference>)
     };
     let bytes = serde_json::to_vec(&manifest).expect("manifest serialises");
     let resolved = Resolved { digest: Digest::of(&bytes), manifest, media_type: OCI_MANIFEST.into(), bytes };
-    import::import_manifest(
-        store,
-        &StoreSource(store),
-        &resolved,
-        name.into_iter().cloned().collect::<Vec<_>>().as_slice(),
-    )
+    let src = Generated { config: resolved.manifest.config.digest.clone(), bytes: cfg_bytes };
+    let names: Vec<Reference> = name.into_iter().cloned().collect();
+    import::import_manifest(store, &src, &resolved, &names, vec![pending])
 }
 
 /// The current UTC time as RFC 3339 (`2026-11-22T13:45:00Z`).

@@ -60,6 +60,8 @@ pub enum LayerError {
     NoSpace(u64),
     #[error("write blob copy: {0}")]
     BlobWrite(io::Error),
+    #[error("extraction stopped")]
+    Stopped,
     #[error("{0}")]
     Apply(#[from] ApplyError),
 }
@@ -122,7 +124,12 @@ pub fn unpack<R: Read + Send>(
         let produced =
             producer.join().unwrap_or_else(|_| Err(LayerError::Read(io::Error::other("decompressor thread panicked"))));
         // The producer's error explains a consumer-side "stream ended" error, so it wins.
-        let (compression, blob, diff) = produced?;
+        // The producer's error explains a consumer-side "stream ended" error, so it wins,
+        // unless the producer only stopped because the extractor had failed.
+        let (compression, blob, diff) = match (produced, &applied) {
+            (Err(LayerError::Stopped), Err(_)) => return Err(applied.map(|_| ()).unwrap_err().into()),
+            (p, _) => p?,
+        };
         let stats = applied?;
         drained.map_err(LayerError::Read)?;
         Ok(Unpacked { blob_digest: blob.0, blob_size: blob.1, compression, diff_id: diff.0, diff_size: diff.1, stats })
@@ -142,15 +149,34 @@ fn produce<R: Read>(
 ) -> Result<Produced, LayerError> {
     let tee = Tee { src, out: blob_out, hasher: Hasher::new(), counter, limit: limits.declared_size, write_err: None };
     let mut buffered = BufReader::with_capacity(CHUNK, tee);
+    let streamed = stream(&mut buffered, counter, limits, space_fd, tx, ret);
+    let tee = buffered.into_inner();
+    match (streamed, tee.write_err) {
+        // A failed copy into the store explains whatever error reading then reported.
+        (_, Some(e)) => Err(LayerError::BlobWrite(e)),
+        (Err(e), None) => Err(e),
+        (Ok((compression, diff)), None) => Ok((compression, tee.hasher.finish(), diff)),
+    }
+}
+
+/// Sniffs, decompresses, hashes and sends the tar stream; then reads the blob to its end.
+fn stream<R: Read>(
+    buffered: &mut BufReader<Tee<'_, R>>,
+    counter: &AtomicU64,
+    limits: Limits,
+    space_fd: OwnedFd,
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+    ret: Receiver<Vec<u8>>,
+) -> Result<(Compression, (Digest, u64)), LayerError> {
     // classify: the first read may already pass the declared size (a blob with bytes
     // appended), which must read as "larger than declared", not as a bare read error.
     let compression = Compression::sniff(buffered.fill_buf().map_err(|e| classify(e, Compression::None))?)?;
     let mut dec: Box<dyn Read + '_> = match compression {
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(&mut buffered)),
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(&mut *buffered)),
         Compression::Zstd => {
-            Box::new(zstd::stream::read::Decoder::with_buffer(&mut buffered).map_err(LayerError::Read)?)
+            Box::new(zstd::stream::read::Decoder::with_buffer(&mut *buffered).map_err(LayerError::Read)?)
         }
-        Compression::None => Box::new(&mut buffered),
+        Compression::None => Box::new(&mut *buffered),
     };
     let mut diff = Hasher::new();
     let mut next_space_check = 0u64;
@@ -177,27 +203,20 @@ fn produce<R: Read>(
             }
         }
         if tx.send(buf).is_err() {
-            // The extractor stopped (its error is reported); stop reading.
-            break;
+            // The extractor failed (its error is reported): read no further.
+            return Err(LayerError::Stopped);
         }
     }
     drop(tx);
     drop(dec);
     // Bytes after the compressed stream's end still belong to the blob's digest.
-    io::copy(&mut buffered, &mut io::sink()).map_err(|e| classify(e, Compression::None))?;
-    let tee = buffered.into_inner();
-    if let Some(e) = tee.write_err {
-        return Err(LayerError::BlobWrite(e));
-    }
-    Ok((compression, tee.hasher.finish(), diff.finish()))
+    io::copy(buffered, &mut io::sink()).map_err(|e| classify(e, Compression::None))?;
+    Ok((compression, diff.finish()))
 }
 
 fn classify(e: io::Error, c: Compression) -> LayerError {
     match e.get_ref().and_then(|inner| inner.downcast_ref::<TooLarge>()) {
         Some(TooLarge(n)) => LayerError::TooLarge(*n),
-        None if e.kind() == io::ErrorKind::Other && e.to_string().starts_with("write blob copy") => {
-            LayerError::BlobWrite(e)
-        }
         None if c == Compression::None => LayerError::Read(e),
         None => LayerError::Decompress(c.name(), e),
     }
@@ -247,9 +266,9 @@ impl<R: Read> Read for Tee<'_, R> {
         }
         if let Some(out) = self.out.as_mut() {
             if let Err(e) = out.write_all(&buf[..n]) {
-                let msg = format!("write blob copy: {e}");
+                let marker = io::Error::new(e.kind(), "write blob copy failed");
                 self.write_err = Some(e);
-                return Err(io::Error::other(msg));
+                return Err(marker);
             }
         }
         Ok(n)

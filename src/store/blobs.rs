@@ -108,6 +108,14 @@ impl BlobWriter<'_> {
         self.store.commit_blob_file(self.tmp, &actual)
     }
 
+    /// Verifies and fsyncs without committing: the caller commits later.
+    pub fn verify(self, expected: &Digest, size: Option<u64>) -> Result<tempfile::NamedTempFile> {
+        let (actual, n) = self.hasher.finish();
+        verify(expected, size, &actual, n)?;
+        self.tmp.as_file().sync_all().map_err(StoreError::io("fsync", self.tmp.path()))?;
+        Ok(self.tmp)
+    }
+
     /// Commits under whatever digest the content has.
     pub fn commit_any(self) -> Result<(Digest, u64)> {
         let (actual, n) = self.hasher.finish();

@@ -42,6 +42,34 @@ impl LayerBlob {
 
 pub const MARKER: &str = "layer.json";
 
+/// What a layer still needs before an image can use it.
+#[derive(Debug)]
+pub enum LayerNeed {
+    Nothing(LayerMarker),
+    /// Extracted, but this image's compressed blob is missing.
+    Blob(LayerMarker),
+    Extract,
+}
+
+/// A verified, durable blob in tmp/, not yet visible (removed if dropped).
+pub struct PendingBlob {
+    tmp: tempfile::NamedTempFile,
+    pub digest: Digest,
+}
+
+impl PendingBlob {
+    pub fn size(&self) -> u64 {
+        self.tmp.as_file().metadata().map_or(0, |m| m.len())
+    }
+}
+
+/// An extracted, verified, durable layer in tmp/, not yet visible (removed if dropped).
+pub struct PendingLayer {
+    dir: tempfile::TempDir,
+    pub blob: PendingBlob,
+    pub marker: LayerMarker,
+}
+
 impl Store {
     pub fn layer_dir(&self, diff_id: &Digest) -> PathBuf {
         self.root().join("layers").join(diff_id.algorithm()).join(diff_id.hex())
@@ -63,56 +91,49 @@ impl Store {
         serde_json::from_slice::<LayerMarker>(&data).ok().filter(|m| &m.diff_id == diff_id)
     }
 
-    /// Makes sure the layer `diff_id` and its blob are in the store, reading the blob from
-    /// `open()` only if something is missing. Two processes ensuring the same layer
-    /// serialise on its lock; the second finds it committed and reads nothing.
-    pub fn ensure_layer<R: Read + Send>(
-        &self,
-        blob: &LayerBlob,
-        diff_id: Option<&Digest>,
-        open: impl FnOnce() -> io::Result<R>,
-    ) -> Result<LayerMarker> {
-        let complete = |m: &LayerMarker| blob.digest.as_ref().is_none_or(|d| self.has_blob(d)) && m.size > 0;
-        let _lock = match diff_id {
-            Some(d) => match self.layer_marker(d) {
-                Some(m) if complete(&m) => return Ok(m),
-                // Committed, only the blob is missing: the blob lock below is enough. The
-                // layer lock is held shared by every running container using the layer, so
-                // taking it exclusively here waited for all of them to exit. The layer cannot
-                // vanish meanwhile: removing one needs the store lock exclusively.
-                Some(_) => None,
-                None => Some(Lock::exclusive(&self.layer_lock_path(d))?),
-            },
-            None => None,
-        };
-        if let Some(m) = diff_id.and_then(|d| self.layer_marker(d)) {
-            // Extracted already (maybe from another compression of the same tar): only
-            // the blob is missing.
-            if let Some(d) = &blob.digest {
-                if !self.has_blob(d) {
-                    let _blob_lock = Lock::exclusive(&self.root().join("locks/blobs").join(d.hex()))?;
-                    // Checked again under the blob lock: its holder may just have committed
-                    // it (the layer lock no longer serialises this path).
-                    if !self.has_blob(d) {
-                        let src = open().map_err(|e| StoreError::Layer {
-                            blob: blob.label(),
-                            source: layer::LayerError::Read(e),
-                        })?;
-                        self.ingest_blob(d, blob.size, src)?;
-                    }
-                }
-            }
-            return Ok(m);
+    /// What the layer `diff_id` (from blob `blob`) still needs before an image can use it.
+    pub fn layer_need(&self, blob: &LayerBlob, diff_id: &Digest) -> LayerNeed {
+        match self.layer_marker(diff_id) {
+            None => LayerNeed::Extract,
+            Some(m) if blob.digest.as_ref().is_none_or(|d| self.has_blob(d)) => LayerNeed::Nothing(m),
+            // Extracted already (maybe from another compression of the same tar).
+            Some(m) => LayerNeed::Blob(m),
         }
-        self.extract(blob, diff_id, open)
     }
 
-    fn extract<R: Read + Send>(
+    /// The exclusive lock of a layer being extracted. Running containers hold it shared,
+    /// so only take it for a layer that does not exist yet.
+    pub fn lock_layer(&self, diff_id: &Digest) -> Result<Lock> {
+        Lock::exclusive(&self.layer_lock_path(diff_id))
+    }
+
+    /// Reads a blob into tmp/, verified and durable, without committing it.
+    pub fn fetch_blob<R: Read>(&self, d: &Digest, size: Option<u64>, src: R) -> Result<PendingBlob> {
+        let mut w = self.blob_writer()?;
+        let limit = size.map_or(u64::MAX, |s| s + 1);
+        io::copy(&mut src.take(limit), &mut w).map_err(|e| StoreError::Layer {
+            blob: d.to_string(),
+            source: layer::LayerError::Read(e),
+        })?;
+        let tmp = w.verify(d, size)?;
+        Ok(PendingBlob { tmp, digest: d.clone() })
+    }
+
+    pub fn commit_blob(&self, p: PendingBlob) -> Result<()> {
+        if self.has_blob(&p.digest) {
+            return Ok(());
+        }
+        self.commit_blob_file(p.tmp, &p.digest)
+    }
+
+    /// Extracts a layer blob into tmp/: verified (blob digest and size when known, diff-id
+    /// when known), durable (one syncfs), marked, but not yet visible.
+    pub fn extract_layer<R: Read + Send>(
         &self,
         blob: &LayerBlob,
         diff_id: Option<&Digest>,
         open: impl FnOnce() -> io::Result<R>,
-    ) -> Result<LayerMarker> {
+    ) -> Result<PendingLayer> {
         let tmp = self.tmp();
         let dir = tempfile::Builder::new()
             .prefix("layer-")
@@ -142,13 +163,13 @@ impl Store {
                 });
             }
         }
-        // One syncfs makes every extracted file durable (instead of an fsync per file).
+        // One syncfs makes every extracted file and the blob copy durable (instead of
+        // an fsync per file).
         nix::unistd::syncfs(&sync_fd).map_err(|e| StoreError::Io {
             action: "syncfs",
             path: root.clone(),
             source: e.into(),
         })?;
-        self.commit_blob_file(blob_file, &un.blob_digest)?;
         let marker = LayerMarker {
             diff_id: un.diff_id.clone(),
             size: un.diff_size,
@@ -164,21 +185,23 @@ impl Store {
             f.write_all(&json).and_then(|_| f.sync_all()).map_err(StoreError::io("write", &marker_path))?;
         }
         fsync_dir(dir.path())?;
-        let target = self.layer_dir(&un.diff_id);
+        Ok(PendingLayer { dir, blob: PendingBlob { tmp: blob_file, digest: un.blob_digest }, marker })
+    }
+
+    /// Makes an extracted layer (and its blob) visible: blob first, then the directory
+    /// by one rename. The caller holds the layer's lock.
+    pub fn commit_layer(&self, p: PendingLayer) -> Result<LayerMarker> {
+        let PendingLayer { dir, blob, marker } = p;
+        self.commit_blob(blob)?;
+        let target = self.layer_dir(&marker.diff_id);
         let mut renamed = fs::rename(dir.path(), &target);
         let occupied = |r: &io::Result<()>| {
             r.as_ref().is_err_and(|e| matches!(e.raw_os_error(), Some(libc::ENOTEMPTY | libc::EEXIST)))
         };
-        if occupied(&renamed) && self.layer_marker(&un.diff_id).is_none() {
+        if occupied(&renamed) && self.layer_marker(&marker.diff_id).is_none() {
             // A dir without a valid marker is damage (fsck reports it), never a commit: a
-            // commit renames a whole dir, marker included. Taking it for "someone committed
-            // meanwhile" let the import succeed over a layer that does not count as existing.
-            // Replace it, never from under a running container: with a diff-id,
-            // ensure_layer holds the layer lock exclusively already.
-            let _lock = match diff_id {
-                Some(_) => None,
-                None => Some(Lock::exclusive(&self.layer_lock_path(&un.diff_id))?),
-            };
+            // commit renames a whole dir, marker included. Replace it (the caller holds
+            // the layer lock, so no container uses it).
             self.remove_tree(&target)?;
             renamed = fs::rename(dir.path(), &target);
         }
@@ -186,8 +209,7 @@ impl Store {
             Ok(()) => {
                 let _ = dir.keep();
             }
-            // Someone committed the same layer meanwhile (only possible without a diff-id
-            // lock, i.e. `coracle import`): theirs is as good as ours; ours is dropped.
+            // Someone committed the same layer meanwhile: theirs is as good as ours.
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY | libc::EEXIST)) => {}
             Err(e) => return Err(StoreError::Io { action: "rename into", path: target, source: e }),
         }

@@ -101,6 +101,11 @@ impl Store {
         Lock::shared(&self.path("lock"))
     }
 
+    /// Held while names and image records change together (import, tag, rmi).
+    pub fn lock_names(&self) -> Result<Lock> {
+        Lock::exclusive(&self.path("names.lock"))
+    }
+
     /// Exclusive hold on the store: gc and fsck --repair.
     pub fn lock_exclusive(&self) -> Result<Lock> {
         Lock::exclusive(&self.path("lock"))
