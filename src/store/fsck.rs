@@ -46,6 +46,7 @@ impl Store {
             Ok(())
         };
 
+        let mut bad_blobs = std::collections::HashSet::new();
         // Blobs: the name must be the content's digest.
         let blob_dir = self.path("blobs/sha256");
         for e in fs::read_dir(&blob_dir).map_err(StoreError::io("read", &blob_dir))?.flatten() {
@@ -63,8 +64,14 @@ impl Store {
             });
             match actual {
                 Ok(a) if a == d => {}
-                Ok(a) => problem(&mut r, format!("blob {d}: content hashes to {a}"), &mut || remove(&path))?,
-                Err(e) => problem(&mut r, format!("blob {d}: unreadable: {e}"), &mut || remove(&path))?,
+                Ok(a) => {
+                    bad_blobs.insert(d.clone());
+                    problem(&mut r, format!("blob {d}: content hashes to {a}"), &mut || remove(&path))?
+                }
+                Err(e) => {
+                    bad_blobs.insert(d.clone());
+                    problem(&mut r, format!("blob {d}: unreadable: {e}"), &mut || remove(&path))?
+                }
             }
         }
 
@@ -115,18 +122,24 @@ impl Store {
             };
             let mut missing = Vec::new();
             for b in [&rec.digest, &rec.config].into_iter().chain(rec.layers.iter().map(|l| &l.blob)) {
-                if !self.has_blob(b) || (repair && r.problems.iter().any(|p| p.what.starts_with(&format!("blob {b}"))))
-                {
-                    missing.push(format!("blob {b}"));
+                if bad_blobs.contains(b) {
+                    missing.push(format!("corrupt blob {b}"));
+                } else if !self.has_blob(b) {
+                    missing.push(format!("missing blob {b}"));
                 }
             }
             for l in &rec.layers {
                 if self.layer_marker(&l.diff_id).is_none() {
-                    missing.push(format!("layer {}", l.diff_id));
+                    missing.push(format!("missing layer {}", l.diff_id));
                 }
             }
             if !missing.is_empty() {
-                problem(&mut r, format!("image {d}: missing {}", missing.join(", ")), &mut || self.drop_image(&d))?;
+                // Repair removes the image with its names: say which names go.
+                let names: Vec<String> =
+                    self.list_refs()?.into_iter().filter(|(_, t)| *t == d).map(|(n, _)| n.to_string()).collect();
+                let named = if names.is_empty() { String::new() } else { format!(" (named {})", names.join(", ")) };
+                let what = format!("image {d}: {}{named}", missing.join(", "));
+                problem(&mut r, what, &mut || self.drop_image(&d))?;
             }
         }
 
