@@ -1000,6 +1000,8 @@ fn fsck_lists_and_repairs_each_kind_of_damage() {
         format!("layer {a_layer}: missing or invalid marker"),
         format!("image {}: missing layer {}", imgs[0].manifest.digest, imgs[0].diff_ids[1]),
         format!("image {}: missing layer {}", imgs[2].manifest.digest, imgs[2].diff_ids[0]),
+        // Plain fsck and --repair agree: an image with a corrupt blob is broken too.
+        format!("image {}: corrupt blob {}", imgs[1].manifest.digest, imgs[1].layers[0].digest),
         "name docker.io/library/ghost:1: points at no image".to_owned(),
     ];
     for e in &expect {
