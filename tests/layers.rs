@@ -19,7 +19,11 @@ fn pull_layers(env: &Env, layers: Vec<(Vec<u8>, Comp)>) -> Built {
 
 fn getfattr(path: &Path, name: &str) -> Option<String> {
     need_tool("getfattr");
-    let o = Command::new("getfattr").args(["--absolute-names", "--only-values", "-h", "-n", name]).arg(path).output().unwrap();
+    let o = Command::new("getfattr")
+        .args(["--absolute-names", "--only-values", "-h", "-n", name])
+        .arg(path)
+        .output()
+        .unwrap();
     o.status.success().then(|| String::from_utf8_lossy(&o.stdout).into_owned())
 }
 
@@ -56,7 +60,11 @@ fn metadata_comes_out_as_in_the_archive() {
     assert_eq!(md("bin/sgid").gid(), 10);
     assert_eq!(md("xattr").mode() & 0o7777, 0o640);
     assert_eq!(getfattr(&root.join("xattr"), "user.coracle").as_deref(), Some("yes"));
-    assert_eq!(getfattr(&root.join("xattr"), "trusted.overlay.redirect"), None, "overlay xattrs from images are dropped");
+    assert_eq!(
+        getfattr(&root.join("xattr"), "trusted.overlay.redirect"),
+        None,
+        "overlay xattrs from images are dropped"
+    );
     assert_eq!(md("links/a").ino(), md("links/b").ino(), "hardlink");
     assert_eq!(md("links/a").nlink(), 2);
     assert_eq!(std::fs::read_link(root.join("links/abs")).unwrap(), Path::new("/etc/passwd"));
@@ -98,7 +106,12 @@ fn sparse_and_large_files_from_gnu_tar() {
             src.display()
         )));
         let tar = env.path("layer.tar");
-        sh(Command::new("tar").args(["--sparse", &format!("--format={format}"), "-cf"]).arg(&tar).arg("-C").arg(&src).arg("big"));
+        sh(Command::new("tar")
+            .args(["--sparse", &format!("--format={format}"), "-cf"])
+            .arg(&tar)
+            .arg("-C")
+            .arg(&src)
+            .arg("big"));
         let out = env.ok(&["import", tar.to_str().unwrap(), &format!("sparse:{format}")]);
         assert!(out.starts_with("sha256:"));
         let info = env.inspect(&format!("sparse:{format}"));
@@ -134,7 +147,14 @@ fn overlay_mount_applies_whiteouts_and_opaque_dirs() {
         .dir("d", 0o755)
         .file("d/keep", 0o644, b"k")
         .finish();
-    let l2 = LayerBuilder::new().whiteout("a/x").dir("b", 0o755).opaque("b").file("b/3", 0o644, b"3").whiteout("c").whiteout("d").finish();
+    let l2 = LayerBuilder::new()
+        .whiteout("a/x")
+        .dir("b", 0o755)
+        .opaque("b")
+        .file("b/3", 0o644, b"3")
+        .whiteout("c")
+        .whiteout("d")
+        .finish();
     let l3 = LayerBuilder::new().dir("d", 0o750).file("d/new", 0o644, b"n").finish();
     let img = pull_layers(&env, vec![(l1, Comp::Gzip), (l2, Comp::Zstd), (l3, Comp::None)]);
     let lowers: Vec<String> = img.diff_ids.iter().rev().map(|d| env.layer_root(d).display().to_string()).collect();
@@ -165,7 +185,12 @@ fn gnu_tar_rootfs_imports() {
     std::fs::hard_link(deep.join("z".repeat(90)), src.join("hl")).unwrap();
     sh(Command::new("mkfifo").arg(src.join("fifo")));
     let tar = env.path("rootfs.tar");
-    sh(Command::new("tar").args(["--format=posix", "--numeric-owner", "--xattrs", "-cf"]).arg(&tar).arg("-C").arg(&src).arg("."));
+    sh(Command::new("tar")
+        .args(["--format=posix", "--numeric-owner", "--xattrs", "-cf"])
+        .arg(&tar)
+        .arg("-C")
+        .arg(&src)
+        .arg("."));
     env.ok(&["import", tar.to_str().unwrap(), "gnutar:1"]);
     let root = env.layer_root(env.inspect("gnutar:1")["layers"][0].as_str().unwrap());
     let rel = Path::new(&"x".repeat(90)).join("y".repeat(90)).join("z".repeat(90));
