@@ -1,11 +1,15 @@
-//! `coracle gc` / `coracle prune`: prints each thing it deleted, then what it freed.
+//! `coracle gc` / `coracle prune`: prints each thing it deleted (store objects, and the
+//! --state entries of containers whose `coracle run` died), then what it freed.
 
 use super::output::human_size;
 use super::CmdResult;
 use crate::store::Store;
 
-pub fn gc(store: &Store) -> CmdResult {
+pub fn gc(store: &Store, state_dir: &std::path::Path) -> CmdResult {
     let r = store.gc()?;
+    for id in crate::run::state::prune(state_dir)? {
+        println!("deleted state of dead container {id}");
+    }
     for (d, n) in &r.blobs {
         println!("deleted blob {d} ({})", human_size(*n));
     }

@@ -140,7 +140,7 @@ fn run(cli: Cli) -> CmdResult {
         Command::Inspect(a) => inspect::inspect(&store, a),
         Command::Tag(a) => images::tag(&store, a),
         Command::Rmi(a) => images::rmi(&store, &cli.state, a),
-        Command::Gc => gc::gc(&store),
+        Command::Gc => gc::gc(&store, &cli.state),
         Command::Run(a) => run::run(&store, cli.state, *a),
         Command::Ps(a) => ps::ps(&cli.state, a),
         Command::Exec(a) => exec::exec(&cli.state, a),

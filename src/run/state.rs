@@ -60,18 +60,29 @@ pub fn create(state_dir: &Path, s: &State) -> io::Result<Held> {
 
 /// The containers whose `coracle run` is alive; leftovers of dead ones are removed.
 pub fn list(state_dir: &Path) -> io::Result<Vec<State>> {
+    scan(state_dir).map(|(live, _)| live)
+}
+
+/// Removes the state of containers whose `coracle run` died (SIGKILL, a crash); returns
+/// their ids.
+pub fn prune(state_dir: &Path) -> io::Result<Vec<String>> {
+    scan(state_dir).map(|(_, dead)| dead)
+}
+
+fn scan(state_dir: &Path) -> io::Result<(Vec<State>, Vec<String>)> {
     let mut out = Vec::new();
+    let mut dead = Vec::new();
     let rd = match fs::read_dir(state_dir) {
         Ok(rd) => rd,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((out, dead)),
         Err(e) => return Err(e),
     };
     for e in rd.flatten() {
         let dir = e.path();
         let Ok(f) = File::open(dir.join("state.json")) else {
             // No state file: a run that died while creating it, or foreign junk we leave.
-            if dir.join("state.json.tmp").exists() && !locked(&dir.join("state.json.tmp")) {
-                let _ = fs::remove_dir_all(&dir);
+            if dir.join("state.json.tmp").exists() && !locked(&dir.join("state.json.tmp")) && fs::remove_dir_all(&dir).is_ok() {
+                dead.push(e.file_name().to_string_lossy().into_owned());
             }
             continue;
         };
@@ -83,13 +94,15 @@ pub fn list(state_dir: &Path) -> io::Result<Vec<State>> {
             }
             Ok(()) => {
                 drop(f);
-                let _ = fs::remove_dir_all(&dir);
+                if fs::remove_dir_all(&dir).is_ok() {
+                    dead.push(e.file_name().to_string_lossy().into_owned());
+                }
             }
             Err(TryLockError::Error(_)) => {}
         }
     }
     out.sort_by(|a, b| a.started.cmp(&b.started).then(a.id.cmp(&b.id)));
-    Ok(out)
+    Ok((out, dead))
 }
 
 fn locked(p: &Path) -> bool {
