@@ -133,7 +133,11 @@ pub fn import_manifest(
             LayerNeed::Blob(marker) => {
                 let p = match ready.remove(diff_id) {
                     Some(p) if p.blob.digest == l.digest => p.blob,
-                    _ => store.fetch_blob(&l.digest, Some(l.size), src.open(&l.digest).map_err(|e| source_err(src.name(), e))?)?,
+                    _ => store.fetch_blob(
+                        &l.digest,
+                        Some(l.size),
+                        src.open(&l.digest).map_err(|e| source_err(src.name(), e))?,
+                    )?,
                 };
                 pending_blobs.push(p);
                 marker.size

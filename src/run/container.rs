@@ -37,6 +37,7 @@ pub struct ChildConfig {
     pub process: Process,
     pub app: AppOptions,
     pub init: bool,
+    pub read_only: bool,
     pub network_none: bool,
     /// Taken by the child when it places them at fds 3-6.
     pub pipes: Option<ChildPipes>,
@@ -141,6 +142,9 @@ fn setup_and_run(mut cfg: ChildConfig) -> Result<Never, Failure> {
     }
     if !cfg.privileged {
         rootfs::protect_paths(root.as_fd())?;
+    }
+    if cfg.read_only {
+        rootfs::make_read_only(root.as_fd())?;
     }
     nix::unistd::sethostname(&cfg.hostname)?;
     if cfg.network_none {
@@ -358,7 +362,8 @@ fn exec_app(p: &Process, u: &user::ExecUser, cfg: &AppOptions, forked: bool) -> 
     } else {
         candidates.extend(path.split(':').filter(|d| !d.is_empty()).map(|d| format!("{d}/{}", p.args[0])));
     }
-    // Signals back to their defaults and unblocked: the app starts clean.
+    // Signals unblocked: the app starts with an empty mask. Dispositions our caller set to
+    // "ignore" stay ignored across exec, as they would for the app run directly.
     let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
     let mut last = Errno::ENOENT;
     let mut seen_eacces = false;

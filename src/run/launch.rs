@@ -132,7 +132,9 @@ pub fn run(l: Launch) -> Result<Outcome, RunError> {
 
     let overlay = Overlay {
         lowers: l.image.layers.iter().rev().map(|x| l.store.layer_root(&x.diff_id)).collect(),
-        upper: (!l.read_only).then(|| (dir.join("upper"), dir.join("work"))),
+        // Always an upper: mount points are created there (scratch); --read-only then
+        // makes the rootfs mount read-only.
+        upper: Some((dir.join("upper"), dir.join("work"))),
     };
 
     // Every signal is blocked from here on and read from a signalfd: none is lost
@@ -189,6 +191,7 @@ fn launch(
             interactive: l.interactive,
         },
         init: l.init,
+        read_only: l.read_only,
         network_none: l.network_none,
         pipes: Some(ChildPipes {
             alive: Some(alive_r),

@@ -17,7 +17,7 @@ use nix::errno::Errno;
 use nix::fcntl::{openat, openat2, OFlag, OpenHow, ResolveFlag};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{fchmodat, fstat, mkdirat, mknodat, FchmodatFlags, Mode, SFlag};
-use nix::unistd::{fchdir, pivot_root, symlinkat, unlinkat, UnlinkatFlags};
+use nix::unistd::{fchdir, pivot_root, symlinkat};
 
 use super::mounts::{Mount, Source, Target, DEVICES, DEV_LINKS, MASKED, READ_ONLY};
 use crate::sys::{self, FsContext};
@@ -44,7 +44,7 @@ fn nerr(step: &'static str, path: impl AsRef<Path>) -> impl FnOnce(Errno) -> Roo
 #[derive(Debug, Clone)]
 pub struct Overlay {
     pub lowers: Vec<PathBuf>,
-    /// `(upper, work)`; `None` for `--read-only`.
+    /// `(upper, work)`; `None` mounts the overlay read-only.
     pub upper: Option<(PathBuf, PathBuf)>,
 }
 
@@ -58,19 +58,17 @@ pub fn make_private() -> Result<(), RootfsError> {
         .map_err(nerr("make private", "/"))
 }
 
-/// Mounts the image's rootfs on `target`. One lower and no upper is a read-only bind
-/// (overlayfs needs two lowers without an upper).
+/// Mounts the image's rootfs on `target`.
 pub fn mount_rootfs(o: &Overlay, target: &Path) -> Result<(), RootfsError> {
     let tfd = open_dir_path(target)?;
-    let mnt = if o.upper.is_none() && o.lowers.len() == 1 {
-        let m = sys::clone_tree(&cpath(&o.lowers[0]).map_err(err("bind", &o.lowers[0]))?, false)
-            .map_err(err("bind", &o.lowers[0]))?;
-        sys::mount_setattr(m.as_fd(), sys::MOUNT_ATTR_RDONLY, false).map_err(err("make read-only", &o.lowers[0]))?;
-        m
-    } else {
-        overlay(o, target)?
-    };
+    let mnt = overlay(o, target)?;
     sys::move_mount_to_fd(mnt.as_fd(), tfd.as_fd()).map_err(err("mount rootfs on", target))
+}
+
+/// `--read-only`: the rootfs mount itself becomes read-only once every mount point has
+/// been created in the (scratch) upper layer; the mounts on top of it keep their flags.
+pub fn make_read_only(root: BorrowedFd<'_>) -> Result<(), RootfsError> {
+    sys::mount_setattr(root, sys::MOUNT_ATTR_RDONLY, false).map_err(err("make read-only", "/"))
 }
 
 /// The overlay superblock, with one `lowerdir+` per layer (Linux 6.8+: no page-size
@@ -143,45 +141,69 @@ pub fn open_in_root(root: BorrowedFd<'_>, path: &str, flags: OFlag) -> nix::Resu
     openat2(root, rel, OpenHow::new().flags(flags | OFlag::O_CLOEXEC).resolve(IN_ROOT))
 }
 
+/// Most symlinks followed while creating one mount target.
+const MAX_LINKS: usize = 40;
+
 /// Opens the mount target `path` inside the rootfs, creating it (and its parents) as a
-/// directory or an empty file if missing. A dangling symlink in the way is replaced
-/// (only the container's upper layer changes).
+/// directory or an empty file if missing. Symlinks on the way are followed inside the
+/// rootfs (a dangling `/etc/resolv.conf -> ../run/…` gets its target created, as docker
+/// does); nothing is ever removed or replaced, so a symlink inside a volume (a host
+/// directory) stays as it is.
 pub fn target(root: BorrowedFd<'_>, path: &str, kind: Target) -> Result<OwnedFd, RootfsError> {
+    target_at(root, path, kind, 0)
+}
+
+fn target_at(root: BorrowedFd<'_>, path: &str, kind: Target, depth: usize) -> Result<OwnedFd, RootfsError> {
+    if depth > MAX_LINKS {
+        return Err(nerr("resolve", path)(Errno::ELOOP));
+    }
     match open_in_root(root, path, OFlag::O_PATH) {
         Ok(fd) => return check_kind(fd, path, kind),
         Err(Errno::ENOENT) => {}
         Err(e) => return Err(nerr("resolve", path)(e)),
     }
     let (parent, leaf) = match path.trim_end_matches('/').rsplit_once('/') {
-        Some((p, l)) if !l.is_empty() && l != "." && l != ".." => (p, l),
+        Some((p, l)) if !l.is_empty() && l != "." && l != ".." => (if p.is_empty() { "/" } else { p }, l),
         _ => return Err(err("resolve", path)(io::ErrorKind::InvalidInput.into())),
     };
     let pfd = match open_in_root(root, parent, OFlag::O_PATH | OFlag::O_DIRECTORY) {
         Ok(fd) => fd,
-        Err(Errno::ENOENT) => {
-            target(root, if parent.is_empty() { "/" } else { parent }, Target::Dir)?;
-            open_in_root(root, parent, OFlag::O_PATH | OFlag::O_DIRECTORY).map_err(nerr("resolve", parent))?
-        }
+        Err(Errno::ENOENT) => target_at(root, parent, Target::Dir, depth + 1)?,
         Err(e) => return Err(nerr("resolve", parent)(e)),
     };
     let name = OsStr::new(leaf);
-    let create = |pfd: BorrowedFd<'_>| match kind {
-        Target::Dir => mkdirat(pfd, name, Mode::from_bits_truncate(0o755)),
+    // The leaf is missing, or a symlink whose target is: follow it (inside the rootfs).
+    if let Ok(st) = nix::sys::stat::fstatat(pfd.as_fd(), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+        if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK {
+            // procfs "symlinks" (/proc/self/fd/N, /proc/self/cwd, …) are magic links to
+            // whatever the process holds: never a path to create (CVE-2024-21626).
+            if nix::sys::statfs::fstatfs(&pfd).is_ok_and(|f| f.filesystem_type() == nix::sys::statfs::PROC_SUPER_MAGIC)
+            {
+                return Err(nerr("resolve", path)(Errno::ELOOP));
+            }
+            let link = nix::fcntl::readlinkat(pfd.as_fd(), name).map_err(nerr("readlink", path))?;
+            let link = link.to_string_lossy();
+            let next = if link.starts_with('/') {
+                link.into_owned()
+            } else {
+                format!("{}/{link}", parent.trim_end_matches('/'))
+            };
+            return target_at(root, &next, kind, depth + 1);
+        }
+        return Err(nerr("resolve", path)(Errno::ENOENT));
+    }
+    let created = match kind {
+        Target::Dir => mkdirat(pfd.as_fd(), name, Mode::from_bits_truncate(0o755)),
         Target::File => openat(
-            pfd,
+            pfd.as_fd(),
             name,
             OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_WRONLY,
             Mode::from_bits_truncate(0o644),
         )
         .map(drop),
     };
-    match create(pfd.as_fd()) {
-        Ok(()) => {}
-        Err(Errno::EEXIST) => {
-            // A dangling symlink: replace it with a real file or directory.
-            unlinkat(pfd.as_fd(), name, UnlinkatFlags::NoRemoveDir).map_err(nerr("replace dangling symlink", path))?;
-            create(pfd.as_fd()).map_err(nerr("create", path))?;
-        }
+    match created {
+        Ok(()) | Err(Errno::EEXIST) => {}
         Err(e) => return Err(nerr("create", path)(e)),
     }
     let fd = openat(pfd.as_fd(), name, OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())
@@ -215,8 +237,19 @@ fn ms_to_attrs(f: MsFlags) -> u64 {
     a
 }
 
-/// Applies one planned mount.
+/// Applies one planned mount. The kernel's filesystems (/proc, /dev, /sys, …) must land
+/// on real directories: a symlink there is refused, as runc does, rather than followed
+/// (a `/proc -> /` image would otherwise get proc mounted over its root).
 pub fn apply(root: BorrowedFd<'_>, m: &Mount) -> Result<(), RootfsError> {
+    if matches!(m.source, Source::Fs(_)) {
+        let rel = m.target.trim_start_matches('/');
+        let how = OpenHow::new().flags(OFlag::O_PATH | OFlag::O_CLOEXEC).resolve(
+            ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        );
+        if let Err(Errno::ELOOP | Errno::EXDEV) = openat2(root, rel, how) {
+            return Err(err("mount on", &m.target)(io::Error::other("the target is a symlink (refused)")));
+        }
+    }
     let tfd = target(root, &m.target, m.kind)?;
     let mnt = match &m.source {
         Source::Fs(fstype) => {

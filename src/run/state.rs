@@ -81,7 +81,10 @@ fn scan(state_dir: &Path) -> io::Result<(Vec<State>, Vec<String>)> {
         let dir = e.path();
         let Ok(f) = File::open(dir.join("state.json")) else {
             // No state file: a run that died while creating it, or foreign junk we leave.
-            if dir.join("state.json.tmp").exists() && !locked(&dir.join("state.json.tmp")) && fs::remove_dir_all(&dir).is_ok() {
+            if dir.join("state.json.tmp").exists()
+                && !locked(&dir.join("state.json.tmp"))
+                && fs::remove_dir_all(&dir).is_ok()
+            {
                 dead.push(e.file_name().to_string_lossy().into_owned());
             }
             continue;

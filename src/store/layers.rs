@@ -111,10 +111,8 @@ impl Store {
     pub fn fetch_blob<R: Read>(&self, d: &Digest, size: Option<u64>, src: R) -> Result<PendingBlob> {
         let mut w = self.blob_writer()?;
         let limit = size.map_or(u64::MAX, |s| s + 1);
-        io::copy(&mut src.take(limit), &mut w).map_err(|e| StoreError::Layer {
-            blob: d.to_string(),
-            source: layer::LayerError::Read(e),
-        })?;
+        io::copy(&mut src.take(limit), &mut w)
+            .map_err(|e| StoreError::Layer { blob: d.to_string(), source: layer::LayerError::Read(e) })?;
         let tmp = w.verify(d, size)?;
         Ok(PendingBlob { tmp, digest: d.clone() })
     }

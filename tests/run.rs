@@ -1,0 +1,1213 @@
+//! `coracle run` end to end, as root: every test pulls the default fixture image into a
+//! private store and asserts on what the probe prints inside the container (PID, caps,
+//! ids, cwd, env, mounts, fds, signals, exit status), and on what the host sees (its
+//! mount table, its processes, the store's scratch and state dirs, sentinel files).
+//!
+//! Cleanup: stores, sentinels and volumes live in the test's `Env` temp dir (removed on
+//! drop); every `coracle run` started in the background is a `Running`, whose drop
+//! SIGKILLs it and every container process the test learnt about (through pidfds, never
+//! by name), also when an assertion fails midway. Containers mount only inside their own
+//! mount namespace, so no test unmounts anything on the host.
+
+mod util;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::{BufRead, BufReader, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use util::*;
+
+/// podman's default capability set: CHOWN, DAC_OVERRIDE, FOWNER, FSETID, KILL,
+/// NET_BIND_SERVICE, SETFCAP, SETGID, SETPCAP, SETUID, SYS_CHROOT.
+const DEFAULT_CAPS: u64 = 0x0000_0000_8004_05fb;
+const CAP_NET_ADMIN: u64 = 1 << 12;
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+// ---------------------------------------------------------------------------------------
+// Fixture: a private store holding the default image as `fix`.
+
+/// The default fixture image, assembled once per test binary (each test still pulls it
+/// into its own store).
+fn default_built() -> &'static Built {
+    static IMG: OnceLock<Built> = OnceLock::new();
+    IMG.get_or_init(default_image)
+}
+
+/// The default rootfs layer tarball, for images that stack more layers on it.
+fn default_tar() -> &'static [u8] {
+    &default_built().tars[0]
+}
+
+struct Fx {
+    env: Env,
+}
+
+impl Fx {
+    /// A fresh store with the default image pulled as `fix`.
+    fn new() -> Fx {
+        require_root();
+        subreaper();
+        let fx = Fx { env: Env::new() };
+        fx.add_image("fix", default_built());
+        fx
+    }
+
+    /// Writes `img` as an OCI layout in the temp dir and pulls it as `tag`; returns the
+    /// layout dir.
+    fn add_image(&self, tag: &str, img: &Built) -> PathBuf {
+        let dir = self.env.path(&format!("oci-{tag}"));
+        write_oci_layout(&dir, &[(img, Some("latest"))]);
+        self.env.ok(&["pull", "--tag", tag, &format!("oci:{}", dir.display())]);
+        dir
+    }
+
+    /// `coracle run ARGS...` as a command (stdin /dev/null unless changed).
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = self.env.cmd();
+        c.arg("run").args(args).stdin(Stdio::null());
+        c
+    }
+
+    /// `coracle run ARGS...`, waited for.
+    fn run(&self, args: &[&str]) -> Out {
+        Out(self.cmd(args).output().unwrap())
+    }
+
+    /// `coracle run FLAGS... fix probe VERB...`; asserts exit 0 and returns stdout.
+    fn probe(&self, flags: &[&str], verb: &[&str]) -> String {
+        let mut args: Vec<&str> = flags.to_vec();
+        args.push("fix");
+        args.push("/bin/probe");
+        args.extend_from_slice(verb);
+        let o = self.run(&args);
+        assert_eq!(o.code(), Some(0), "coracle run {args:?}: status {:?}, stderr: {}", o.0.status, o.stderr());
+        o.stdout()
+    }
+
+    /// Same, parsed as the probe's one JSON line.
+    fn probe_json(&self, flags: &[&str], verb: &[&str]) -> Value {
+        let out = self.probe(flags, verb);
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("probe {verb:?} printed {out:?}: {e}"))
+    }
+
+    fn store_containers(&self) -> Vec<String> {
+        names(&self.env.root().join("containers"))
+    }
+
+    fn state_entries(&self) -> Vec<String> {
+        names(&self.env.path("state"))
+    }
+}
+
+/// Entry names of a directory (empty when it does not exist).
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Asserts a failed run: exit `code`, one line on stderr starting with `prefix`.
+fn assert_fails(o: &Out, code: i32, prefix: &str) {
+    let err = o.stderr();
+    assert_eq!(o.code(), Some(code), "expected exit {code}, got {:?}; stderr: {err:?}", o.0.status);
+    assert_eq!(err.lines().count(), 1, "error must be one line: {err:?}");
+    assert!(err.starts_with(prefix), "error must start with {prefix:?}: {err:?}");
+}
+
+/// First column of `probe ls` output.
+fn ls_names(out: &str) -> Vec<String> {
+    out.lines().filter_map(|l| l.split(' ').next()).map(str::to_owned).collect()
+}
+
+fn hex_caps(v: &Value, key: &str) -> u64 {
+    u64::from_str_radix(v[key].as_str().unwrap_or_else(|| panic!("{key} missing in {v}")), 16).unwrap()
+}
+
+fn host_hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_owned()
+}
+
+/// Our own bounding set, from /proc/self/status.
+fn host_cap_bnd() -> u64 {
+    let s = fs::read_to_string("/proc/self/status").unwrap();
+    let v = s.lines().find_map(|l| l.strip_prefix("CapBnd:")).unwrap().trim().to_owned();
+    u64::from_str_radix(&v, 16).unwrap()
+}
+
+/// The host's mount table, minus mount points under the temp dir that are not this
+/// test's (other test binaries mount tmpfs there for their own purposes).
+fn host_mounts(ours: &Path) -> Vec<String> {
+    let tmp = std::env::temp_dir();
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            let mp = Path::new(l.split(' ').nth(4).unwrap_or(""));
+            !(mp.starts_with(&tmp) && !mp.starts_with(ours) && mp != tmp)
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+fn assert_same_mounts(before: &[String], after: &[String], when: &str) {
+    let gone: Vec<&String> = before.iter().filter(|l| !after.contains(l)).collect();
+    let new: Vec<&String> = after.iter().filter(|l| !before.contains(l)).collect();
+    assert!(gone.is_empty() && new.is_empty(), "host mount table changed {when}: gone {gone:#?}, new {new:#?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Processes: background runs and the container's processes, all killed on drop.
+
+fn pidfd_open(pid: i32) -> Option<OwnedFd> {
+    // SAFETY: plain syscall; a returned fd is new and owned by us.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    // SAFETY: the kernel just returned this descriptor.
+    (r >= 0).then(|| unsafe { OwnedFd::from_raw_fd(r as i32) })
+}
+
+fn pidfd_kill(fd: &OwnedFd) {
+    // SAFETY: plain syscall on a live pidfd; null siginfo.
+    unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), libc::SIGKILL, std::ptr::null::<u8>(), 0) };
+}
+
+/// State letter of a process (`R`, `S`, `Z`, …), `None` when it is gone.
+fn proc_state(pid: i32) -> Option<char> {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s.rsplit_once(')')?.1.split_whitespace().next()?.chars().next()
+}
+
+fn parent(pid: i32) -> Option<i32> {
+    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn alive(pid: i32) -> bool {
+    proc_state(pid).is_some_and(|c| c != 'Z' && c != 'X')
+}
+
+fn pid_ns(pid: i32) -> Option<PathBuf> {
+    fs::read_link(format!("/proc/{pid}/ns/pid")).ok()
+}
+
+/// Live host pids whose PID namespace is `ns`.
+fn procs_in_ns(ns: &Path) -> Vec<i32> {
+    let mut v: Vec<i32> = fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&p| pid_ns(p).as_deref() == Some(ns) && alive(p))
+        .collect();
+    v.sort();
+    v
+}
+
+fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        if Instant::now() > end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A `coracle run` in the background with its stdout read line by line.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    stderr: Option<JoinHandle<String>>,
+    /// pidfds of container processes, SIGKILLed on drop.
+    container: Vec<OwnedFd>,
+}
+
+impl Running {
+    fn spawn(mut cmd: Command) -> Running {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let out = child.stdout.take().unwrap();
+        let mut err = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines() {
+                let Ok(l) = l else { break };
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        });
+        Running { child, lines, stderr: Some(stderr), container: Vec::new() }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Remembers a container process so that drop kills it whatever happens.
+    fn adopt(&mut self, pid: i32) {
+        if let Some(fd) = pidfd_open(pid) {
+            self.container.push(fd);
+        }
+    }
+
+    fn line(&self, limit: Duration) -> String {
+        self.lines.recv_timeout(limit).unwrap_or_else(|e| panic!("no line from the container within {limit:?}: {e}"))
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own, not yet reaped, child.
+        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0, "kill {sig}");
+    }
+
+    /// Waits for the exit; returns the status, the rest of stdout and stderr.
+    fn finish(&mut self, limit: Duration) -> (ExitStatus, Vec<String>, String) {
+        let st =
+            wait_timeout(&mut self.child, limit).unwrap_or_else(|| panic!("coracle still running after {limit:?}"));
+        let mut rest = Vec::new();
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            rest.push(l);
+        }
+        let err = self.stderr.take().map(|h| h.join().unwrap()).unwrap_or_default();
+        (st, rest, err)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        for fd in &self.container {
+            pidfd_kill(fd);
+        }
+        // Container processes orphaned by the kill of coracle were reparented to us (see
+        // `subreaper`): reap them, so that not even a zombie is left.
+        let end = Instant::now() + Duration::from_secs(1);
+        for fd in &self.container {
+            while !reap(fd) && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+/// Reaps the process behind `fd` if it is our child and has exited; true when there is
+/// nothing (more) to wait for.
+fn reap(fd: &OwnedFd) -> bool {
+    // SAFETY: siginfo_t is plain data that waitid fills in.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid on a live pidfd (P_PIDFD = 3) with a valid siginfo pointer.
+    let r = unsafe { libc::waitid(3, fd.as_raw_fd() as libc::id_t, &mut info, libc::WEXITED | libc::WNOHANG) };
+    // SAFETY: reading the pid field of the siginfo waitid filled in (0 when no child was
+    // waitable yet).
+    r != 0 || unsafe { info.si_pid() } != 0
+}
+
+/// Makes this test process the reaper of orphaned descendants: when coracle is SIGKILLed,
+/// the container's init is reparented here instead of to the host's PID 1 (which, on some
+/// hosts, never reaps), and `Running` reaps it. Idempotent; every test sets it.
+fn subreaper() {
+    // SAFETY: prctl with integer arguments.
+    assert_eq!(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) }, 0);
+}
+
+/// Waits for a pid file written by `--pid-file` and returns the pid.
+fn wait_pid_file(p: &Path, run: &mut Running) -> i32 {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(s) = fs::read_to_string(p) {
+            if let Ok(pid) = s.trim().parse::<i32>() {
+                run.adopt(pid);
+                // The container's init, unless the app is PID 1 itself (--no-init).
+                if let Some(init) = parent(pid).filter(|&p| p != run.pid()) {
+                    run.adopt(init);
+                }
+                return pid;
+            }
+        }
+        if let Ok(Some(st)) = run.child.try_wait() {
+            panic!("coracle exited ({st:?}) before writing {}", p.display());
+        }
+        assert!(Instant::now() < end, "no pid file {} after 10 s", p.display());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Namespaces and the process list.
+
+#[test]
+fn pid_is_2_under_init_and_1_without() {
+    let fx = Fx::new();
+    let p = fx.probe_json(&[], &["pid"]);
+    assert_eq!((p["pid"].as_i64(), p["ppid"].as_i64()), (Some(2), Some(1)), "{p}");
+    assert_eq!(p["sid"].as_i64(), Some(2), "the app leads its own session: {p}");
+    let p = fx.probe_json(&["--no-init"], &["pid"]);
+    assert_eq!(p["pid"].as_i64(), Some(1), "{p}");
+    // /proc lists only the container's processes: init and the app (the probe itself).
+    let numeric = |out: &str| -> Vec<i64> { ls_names(out).iter().filter_map(|n| n.parse().ok()).collect() };
+    assert_eq!(numeric(&fx.probe(&[], &["ls", "/proc"])), [1, 2]);
+    assert_eq!(numeric(&fx.probe(&["--no-init"], &["ls", "/proc"])), [1]);
+}
+
+#[test]
+fn host_network_by_default_and_only_lo_with_network_none() {
+    let fx = Fx::new();
+    let host = names(Path::new("/sys/class/net"));
+    assert_eq!(ls_names(&fx.probe(&[], &["ls", "/sys/class/net"])), host);
+    assert_eq!(ls_names(&fx.probe(&["--network", "none"], &["ls", "/sys/class/net"])), ["lo"]);
+    // lo is up in the new namespace (flags 0x9 = IFF_UP|IFF_LOOPBACK, plus RUNNING).
+    let flags = fx.probe(&["--network", "none"], &["cat", "/sys/class/net/lo/flags"]);
+    let flags = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).unwrap();
+    assert_eq!(flags & 1, 1, "lo must be up with --network none");
+}
+
+#[test]
+fn hostname_default_and_flag() {
+    let fx = Fx::new();
+    let host = host_hostname();
+    assert_eq!(fx.probe(&[], &["hostname"]).trim(), host);
+    assert_eq!(fx.probe(&[], &["cat", "/etc/hostname"]).trim(), host);
+    assert_eq!(fx.probe(&["--hostname", "box"], &["hostname"]), "box\n");
+    assert_eq!(fx.probe(&["--hostname", "box"], &["cat", "/etc/hostname"]), "box\n");
+    assert_eq!(host_hostname(), host, "the host's hostname is untouched");
+}
+
+// ---------------------------------------------------------------------------------------
+// Capabilities and users.
+
+#[test]
+fn default_caps_and_no_new_privs() {
+    let fx = Fx::new();
+    let c = fx.probe_json(&[], &["caps"]);
+    assert_eq!(hex_caps(&c, "inh"), 0, "{c}");
+    assert_eq!(hex_caps(&c, "amb"), 0, "{c}");
+    for k in ["eff", "prm", "bnd"] {
+        assert_eq!(hex_caps(&c, k), DEFAULT_CAPS, "{k}: {c}");
+    }
+    assert_eq!(c["no_new_privs"], 1, "{c}");
+
+    let c = fx.probe_json(&["--cap-drop", "ALL"], &["caps"]);
+    for k in ["inh", "prm", "eff", "bnd", "amb"] {
+        assert_eq!(hex_caps(&c, k), 0, "--cap-drop ALL {k}: {c}");
+    }
+    let c = fx.probe_json(&["--cap-add", "NET_ADMIN"], &["caps"]);
+    for k in ["eff", "prm", "bnd"] {
+        assert_eq!(hex_caps(&c, k), DEFAULT_CAPS | CAP_NET_ADMIN, "--cap-add NET_ADMIN {k}: {c}");
+    }
+    let c = fx.probe_json(&["-u", "app"], &["caps"]);
+    assert_eq!((hex_caps(&c, "eff"), hex_caps(&c, "prm")), (0, 0), "-u app: {c}");
+    assert_eq!(hex_caps(&c, "bnd"), DEFAULT_CAPS, "-u app keeps the bounding set: {c}");
+    assert_eq!(c["no_new_privs"], 1, "{c}");
+}
+
+/// `--privileged` gives every capability coracle itself has. Runs where coracle's own
+/// bounding set lacks one the kernel knows (this VM drops CAP_SYS_RESOURCE; also any
+/// supervisor with CapabilityBoundingSet=, or a nested container) must still work.
+#[test]
+fn privileged_gets_all_of_coracles_caps() {
+    let fx = Fx::new();
+    let o = fx.run(&["--privileged", "fix", "/bin/probe", "caps"]);
+    assert_eq!(o.code(), Some(0), "--privileged failed: {}", o.stderr());
+    let c: Value = serde_json::from_str(o.stdout().trim()).unwrap();
+    let bnd = host_cap_bnd();
+    for k in ["eff", "prm", "bnd"] {
+        assert_eq!(hex_caps(&c, k), bnd, "{k}: {c}");
+    }
+    assert_eq!(c["no_new_privs"], 0, "{c}");
+    let o = fx.run(&["--cap-add", "ALL", "fix", "/bin/probe", "caps"]);
+    assert_eq!(o.code(), Some(0), "--cap-add ALL failed: {}", o.stderr());
+}
+
+#[test]
+fn users_and_groups() {
+    let fx = Fx::new();
+    let id = |u: &str| fx.probe_json(&["-u", u], &["id"]);
+    let groups =
+        |v: &Value| -> BTreeSet<i64> { v["groups"].as_array().unwrap().iter().filter_map(Value::as_i64).collect() };
+
+    let root = fx.probe_json(&[], &["id"]);
+    assert_eq!((root["uid"].as_i64(), root["gid"].as_i64()), (Some(0), Some(0)), "{root}");
+
+    let app = id("app");
+    assert_eq!((app["uid"].as_i64(), app["gid"].as_i64()), (Some(1000), Some(1000)), "{app}");
+    assert_eq!((app["euid"].as_i64(), app["egid"].as_i64()), (Some(1000), Some(1000)), "{app}");
+    assert_eq!(groups(&app), [10, 1000].into(), "app is in wheel (10) by /etc/group: {app}");
+
+    let v = id("1000:10");
+    assert_eq!((v["uid"].as_i64(), v["gid"].as_i64(), v["egid"].as_i64()), (Some(1000), Some(10), Some(10)), "{v}");
+    assert!(groups(&v).contains(&10), "{v}");
+
+    let v = id("4242");
+    assert_eq!((v["uid"].as_i64(), v["gid"].as_i64()), (Some(4242), Some(0)), "{v}");
+    assert_eq!(groups(&v), [0].into(), "{v}");
+
+    fx.run(&["-u", "nosuchuser", "fix", "/bin/probe", "id"]).assert_error("nosuchuser");
+    fx.run(&["-u", "2147483648", "fix", "/bin/probe", "id"]).assert_error("2147483648");
+}
+
+// ---------------------------------------------------------------------------------------
+// Working directory.
+
+#[test]
+fn working_directory() {
+    let fx = Fx::new();
+    assert_eq!(fx.probe(&[], &["cwd"]), "/\n");
+    assert_eq!(fx.probe(&["-w", "/tmp"], &["cwd"]), "/tmp\n");
+    assert_eq!(fx.probe(&["-w", "/new/dir"], &["cwd"]), "/new/dir\n");
+    assert_eq!(fx.probe(&["-w", "/new/dir", "-u", "app"], &["ls", "."]), "", "a created workdir is empty");
+}
+
+/// CVE-2024-21626: a workdir of /proc/self/fd/N must not leave the container through an
+/// fd coracle still holds when it chdirs. Either the run fails with one clean line, or
+/// the cwd is inside the container and shows none of the host's or the store's files.
+#[test]
+fn workdir_through_proc_self_fd_stays_inside() {
+    let fx = Fx::new();
+    let store = fx.env.root();
+    for n in 3..=7 {
+        let wd = format!("/proc/self/fd/{n}");
+        let o = fx.run(&["-w", &wd, "fix", "/bin/sh", "-c", "/bin/probe cwd && /bin/probe ls ."]);
+        if o.code() == Some(0) {
+            let out = o.stdout();
+            let cwd = out.lines().next().unwrap_or("");
+            assert!(cwd.starts_with('/') && !cwd.contains("unreachable"), "-w {wd}: cwd {cwd:?} outside the root");
+            assert!(!cwd.contains(store.to_str().unwrap()), "-w {wd}: cwd {cwd:?} is in the store");
+            for bad in ["upper", "work", "rootfs", "lock", "blobs", "layers", "containers", "hostname"] {
+                assert!(
+                    !ls_names(&out).iter().skip(1).any(|x| x == bad),
+                    "-w {wd}: the cwd listing shows {bad:?}, a host/store entry: {out}"
+                );
+            }
+            eprintln!("-w {wd}: ran with cwd {cwd}");
+        } else {
+            assert_fails(&o, 125, "coracle: run: ");
+            eprintln!("-w {wd}: refused: {}", o.stderr().trim());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Environment.
+
+#[test]
+fn environment() {
+    let fx = Fx::new();
+    let env = |flags: &[&str], image: &str, extra: &[(&str, &str)]| -> Vec<String> {
+        let mut args: Vec<&str> = flags.to_vec();
+        args.extend([image, "/bin/probe", "env"]);
+        let mut c = fx.cmd(&args);
+        for (k, v) in extra {
+            c.env(k, v);
+        }
+        let o = Out(c.output().unwrap());
+        assert_eq!(o.code(), Some(0), "{args:?}: {}", o.stderr());
+        o.stdout().lines().map(str::to_owned).collect()
+    };
+    let has = |e: &[String], kv: &str| e.iter().any(|l| l == kv);
+
+    // An image without Env gets the default PATH.
+    let mut img = Image::new(vec![(default_tar().to_vec(), Comp::None)]);
+    img.runtime = json!({});
+    fx.add_image("noenv", &build(&img));
+    let e = env(&[], "noenv", &[]);
+    assert!(has(&e, &format!("PATH={DEFAULT_PATH}")), "{e:?}");
+
+    let e = env(&[], "fix", &[]);
+    assert!(has(&e, &format!("HOSTNAME={}", host_hostname())), "{e:?}");
+    assert!(has(&e, "HOME=/root"), "{e:?}");
+    let e = env(&["-u", "app"], "fix", &[]);
+    assert!(has(&e, "HOME=/home/app"), "{e:?}");
+    let e = env(&["--hostname", "box"], "fix", &[]);
+    assert!(has(&e, "HOSTNAME=box"), "{e:?}");
+
+    let file = fx.env.path("env-file");
+    fs::write(&file, "# a comment\nFROM_FILE=one\n\nSPACED=two words\nBOTH=file\n").unwrap();
+    let e = env(
+        &[
+            "-e",
+            "K=V",
+            "-e",
+            "CORACLE_TEST_FROM_HOST",
+            "-e",
+            "CORACLE_TEST_UNSET",
+            "--env-file",
+            file.to_str().unwrap(),
+            "-e",
+            "BOTH=flag",
+        ],
+        "fix",
+        &[("CORACLE_TEST_FROM_HOST", "host value")],
+    );
+    for kv in ["K=V", "CORACLE_TEST_FROM_HOST=host value", "FROM_FILE=one", "SPACED=two words", "BOTH=flag"] {
+        assert!(has(&e, kv), "{kv} missing: {e:?}");
+    }
+    assert!(!e.iter().any(|l| l.starts_with("CORACLE_TEST_UNSET")), "an unset -e K is dropped: {e:?}");
+    assert!(!e.iter().any(|l| l.starts_with("CARGO")), "coracle's own environment does not leak: {e:?}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Masked and read-only paths, fds, the host's mount table.
+
+#[test]
+fn masked_and_read_only_paths() {
+    let fx = Fx::new();
+    let stat = |flags: &[&str], p: &str| fx.probe_json(flags, &["stat", p]);
+    // /proc/kcore does not exist on every kernel (CONFIG_PROC_KCORE); mask it when it does.
+    let mut masked_files = vec!["/proc/keys"];
+    if Path::new("/proc/kcore").exists() {
+        masked_files.push("/proc/kcore");
+    } else {
+        eprintln!("this kernel has no /proc/kcore: only /proc/keys checked");
+    }
+    for p in &masked_files {
+        let s = stat(&[], p);
+        assert_eq!(
+            (s["type"].as_str(), s["rdev_major"].as_u64(), s["rdev_minor"].as_u64()),
+            (Some("c"), Some(1), Some(3)),
+            "{p} must be /dev/null: {s}"
+        );
+        assert_eq!(fx.probe(&[], &["cat", p]), "", "{p} reads empty");
+    }
+    let s = stat(&[], "/sys/firmware");
+    assert_eq!(s["type"], "d", "{s}");
+    assert_eq!(fx.probe(&[], &["ls", "/sys/firmware"]), "", "/sys/firmware is empty");
+
+    // Read-only /proc/sys and /sys.
+    let o = fx.run(&["fix", "/bin/probe", "write", "/proc/sys/kernel/hostname", "x"]);
+    assert_eq!(o.code(), Some(99), "writing /proc/sys must fail: {}", o.stderr());
+    assert!(o.stderr().contains("Read-only file system"), "{}", o.stderr());
+    // A name that does not exist in sysfs: harmless even if the write went through.
+    let o = fx.run(&["fix", "/bin/probe", "write", "/sys/coracle-test-file", "x"]);
+    assert_eq!(o.code(), Some(99), "writing under /sys must fail: {}", o.stderr());
+    assert!(o.stderr().contains("Read-only file system"), "{}", o.stderr());
+    let mounts = fx.probe(&[], &["mounts"]);
+    let sys = mounts.lines().find(|l| l.split(' ').nth(4) == Some("/sys")).expect("/sys mounted");
+    assert!(sys.split(' ').nth(5).unwrap().split(',').any(|o| o == "ro"), "/sys must be read-only: {sys}");
+    let o = fx.run(&["fix", "/bin/probe", "write", "/sys/firmware/x", "x"]);
+    assert_eq!(o.code(), Some(99), "the /sys/firmware mask is read-only: {}", o.stderr());
+}
+
+/// The container's mount table holds only its own mounts: the rootfs, the API
+/// filesystems, the /etc files, masks, volumes and tmpfs; nothing of the host's.
+#[test]
+fn container_sees_only_its_own_mounts() {
+    let fx = Fx::new();
+    let vol = fx.env.path("vol");
+    fs::create_dir_all(&vol).unwrap();
+    let v = format!("{}:/data", vol.display());
+    let mounts = fx.probe(&["-v", &v, "--tmpfs", "/scratch"], &["mounts"]);
+    let allowed = |mp: &str| {
+        mp == "/"
+            || ["/proc", "/dev", "/sys", "/data", "/scratch"]
+                .iter()
+                .any(|p| mp == *p || mp.starts_with(&format!("{p}/")))
+            || ["/etc/hostname", "/etc/hosts", "/etc/resolv.conf"].contains(&mp)
+    };
+    for l in mounts.lines() {
+        let mp = l.split(' ').nth(4).unwrap_or("");
+        assert!(allowed(mp), "a mount the container should not see: {l}\n{mounts}");
+    }
+    let root: Vec<&str> = mounts.lines().filter(|l| l.split(' ').nth(4) == Some("/")).collect();
+    assert_eq!(root.len(), 1, "one root mount: {mounts}");
+    assert!(root[0].contains(" - overlay "), "the root is the overlay: {}", root[0]);
+}
+
+/// `--privileged` lifts the masks and makes /sys and /proc/sys writable. Capabilities
+/// coracle does not have itself are dropped explicitly so that this test does not depend
+/// on `privileged_gets_all_of_coracles_caps`.
+#[test]
+fn privileged_lifts_masked_and_read_only_paths() {
+    let fx = Fx::new();
+    let last: u32 = fs::read_to_string("/proc/sys/kernel/cap_last_cap").unwrap().trim().parse().unwrap();
+    let bnd = host_cap_bnd();
+    let missing: Vec<String> = (0..=last).filter(|c| bnd & (1 << c) == 0).map(|c| c.to_string()).collect();
+    let mut flags: Vec<String> = vec!["--privileged".into()];
+    for c in &missing {
+        let name = cap_name(c.parse().unwrap());
+        flags.extend(["--cap-drop".into(), name]);
+    }
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let s = fx.probe_json(&flags, &["stat", "/proc/keys"]);
+    assert_eq!(s["type"], "f", "/proc/keys is the real file with --privileged: {s}");
+    let mounts = fx.probe(&flags, &["mounts"]);
+    let sys = mounts.lines().find(|l| l.split(' ').nth(4) == Some("/sys")).expect("/sys mounted");
+    assert!(sys.split(' ').nth(5).unwrap().split(',').any(|o| o == "rw"), "/sys is writable: {sys}");
+    assert!(
+        !mounts.lines().any(|l| l.split(' ').nth(4) == Some("/sys/firmware")),
+        "/sys/firmware is not masked: {mounts}"
+    );
+    // The container has its own UTS namespace: writing its hostname is harmless.
+    let mut args = flags.clone();
+    args.extend(["fix", "/bin/sh", "-c", "/bin/probe write /proc/sys/kernel/hostname priv && /bin/probe hostname"]);
+    let o = fx.run(&args);
+    assert_eq!((o.code(), o.stdout().as_str()), (Some(0), "priv\n"), "{}", o.stderr());
+    assert_ne!(host_hostname(), "priv");
+}
+
+fn cap_name(n: u32) -> String {
+    const NAMES: [&str; 41] = [
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "DAC_READ_SEARCH",
+        "FOWNER",
+        "FSETID",
+        "KILL",
+        "SETGID",
+        "SETUID",
+        "SETPCAP",
+        "LINUX_IMMUTABLE",
+        "NET_BIND_SERVICE",
+        "NET_BROADCAST",
+        "NET_ADMIN",
+        "NET_RAW",
+        "IPC_LOCK",
+        "IPC_OWNER",
+        "SYS_MODULE",
+        "SYS_RAWIO",
+        "SYS_CHROOT",
+        "SYS_PTRACE",
+        "SYS_PACCT",
+        "SYS_ADMIN",
+        "SYS_BOOT",
+        "SYS_NICE",
+        "SYS_RESOURCE",
+        "SYS_TIME",
+        "SYS_TTY_CONFIG",
+        "MKNOD",
+        "LEASE",
+        "AUDIT_WRITE",
+        "AUDIT_CONTROL",
+        "SETFCAP",
+        "MAC_OVERRIDE",
+        "MAC_ADMIN",
+        "SYSLOG",
+        "WAKE_ALARM",
+        "BLOCK_SUSPEND",
+        "AUDIT_READ",
+        "PERFMON",
+        "BPF",
+        "CHECKPOINT_RESTORE",
+    ];
+    NAMES[n as usize].to_owned()
+}
+
+#[test]
+fn only_stdio_fds_reach_the_app() {
+    let fx = Fx::new();
+    for flags in [&[][..], &["--no-init"], &["-i"]] {
+        let out = fx.probe(flags, &["fds"]);
+        assert_eq!(out.lines().next(), Some("[0,1,2]"), "{flags:?}: {out}");
+    }
+}
+
+/// The app starts with nothing blocked, ignored or caught when coracle itself was started
+/// clean (coracle blocks every signal for its signalfd; none of that may leak into the
+/// app). The test harness runs with some signals ignored (SIGPIPE and glibc's 32/33 here),
+/// and ignored dispositions are inherited through exec, so coracle is started with every
+/// disposition reset to the default.
+#[test]
+fn app_starts_with_clean_signal_state() {
+    use std::os::unix::process::CommandExt;
+    let fx = Fx::new();
+    for flags in [&[][..], &["--no-init"]] {
+        let mut args = flags.to_vec();
+        args.extend(["fix", "/bin/probe", "signals"]);
+        let mut c = fx.cmd(&args);
+        // SAFETY: only async-signal-safe calls (signal, sigprocmask) between fork and exec.
+        unsafe {
+            c.pre_exec(|| {
+                // The raw syscall: glibc's signal() refuses its internal signals 32 and 33.
+                #[repr(C)]
+                struct KSigaction {
+                    handler: usize,
+                    flags: u64,
+                    restorer: usize,
+                    mask: u64,
+                }
+                let dfl = KSigaction { handler: libc::SIG_DFL, flags: 0, restorer: 0, mask: 0 };
+                for sig in 1..=64 {
+                    if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                        libc::syscall(libc::SYS_rt_sigaction, sig, &dfl, std::ptr::null_mut::<KSigaction>(), 8);
+                    }
+                }
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+                Ok(())
+            });
+        }
+        let o = Out(c.output().unwrap());
+        assert_eq!(o.code(), Some(0), "{}", o.stderr());
+        let s: Value = serde_json::from_str(o.stdout().trim()).unwrap();
+        let clean = json!({"blocked":"0000000000000000","ignored":"0000000000000000","caught":"0000000000000000"});
+        assert_eq!(s, clean, "{flags:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Exit status and signals.
+
+#[test]
+fn every_exit_status_is_mirrored() {
+    let fx = Fx::new();
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..4)
+            .map(|w| {
+                let fx = &fx;
+                s.spawn(move || {
+                    for n in (w..=255).step_by(4) {
+                        let code = n.to_string();
+                        let o = fx.run(&["fix", "/bin/probe", "exit", &code]);
+                        assert_eq!(o.code(), Some(n), "probe exit {n}: {:?} {}", o.0.status, o.stderr());
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap();
+        }
+    });
+    eprintln!("256 runs in {:?}", t.elapsed());
+    // Through a shell too, and without init.
+    for n in [0, 1, 42, 255] {
+        let o = fx.run(&["fix", "/bin/sh", "-c", &format!("exit {n}")]);
+        assert_eq!(o.code(), Some(n), "sh exit {n}: {}", o.stderr());
+        let o = fx.run(&["--no-init", "fix", "/bin/probe", "exit", &n.to_string()]);
+        assert_eq!(o.code(), Some(n), "--no-init exit {n}: {}", o.stderr());
+    }
+}
+
+#[test]
+fn death_by_signal_is_mirrored() {
+    let fx = Fx::new();
+    for (name, sig) in [("TERM", 15), ("INT", 2), ("KILL", 9), ("SEGV", 11)] {
+        let o = fx.run(&["fix", "/bin/probe", "kill-self", name]);
+        assert_eq!(o.0.status.signal(), Some(sig), "kill-self {name}: {:?}, stderr {}", o.0.status, o.stderr());
+        assert!(!o.0.status.core_dumped(), "coracle must not dump core");
+    }
+}
+
+#[test]
+fn signals_reach_the_app_exactly_once() {
+    let fx = Fx::new();
+    let wait = Duration::from_secs(10);
+    let mut r = Running::spawn(fx.cmd(&["fix", "/bin/probe", "trap", "TERM", "INT", "HUP", "USR1"]));
+    assert_eq!(r.line(wait), "ready");
+    for (sig, name) in
+        [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT"), (libc::SIGHUP, "SIGHUP"), (libc::SIGUSR1, "SIGUSR1")]
+    {
+        r.signal(sig);
+        assert_eq!(r.line(wait), format!("got {name}"));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    r.signal(libc::SIGUSR2);
+    let (st, rest, err) = r.finish(wait);
+    assert_eq!(st.code(), Some(0), "USR2 ends the probe with 0: {st:?} {err}");
+    assert!(rest.is_empty(), "each signal must arrive once; extra lines: {rest:?}");
+
+    let mut r = Running::spawn(fx.cmd(&["--no-init", "fix", "/bin/probe", "trap", "TERM"]));
+    assert_eq!(r.line(wait), "ready");
+    r.signal(libc::SIGTERM);
+    assert_eq!(r.line(wait), "got SIGTERM");
+    std::thread::sleep(Duration::from_millis(100));
+    r.signal(libc::SIGUSR2);
+    let (st, rest, err) = r.finish(wait);
+    assert_eq!(st.code(), Some(0), "--no-init: {st:?} {err}");
+    assert!(rest.is_empty(), "--no-init: extra lines {rest:?}");
+}
+
+#[test]
+fn init_reaps_zombies() {
+    let fx = Fx::new();
+    let o = fx.run(&["fix", "/bin/sh", "-c", "/bin/probe spawn-orphan 0.1; sleep 1; cat /proc/[0-9]*/stat"]);
+    assert_eq!(o.code(), Some(0), "{}", o.stderr());
+    let out = o.stdout();
+    let stats: Vec<&str> = out.lines().skip(1).collect();
+    assert!(stats.len() >= 2, "expected init and cat at least: {out}");
+    for l in &stats {
+        let state = l.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().next());
+        assert_ne!(state, Some("Z"), "a zombie in the container: {l}");
+    }
+}
+
+#[test]
+fn sigkill_of_coracle_takes_the_container_down_and_gc_cleans_up() {
+    let fx = Fx::new();
+    let pid_file = fx.env.path("app.pid");
+    let mut cmd = fx.cmd(&[
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        "fix",
+        "/bin/sh",
+        "-c",
+        "/bin/probe spawn-orphan 30; /bin/probe sleep 30",
+    ]);
+    cmd.stdout(Stdio::null());
+    let mut r = Running::spawn(cmd);
+    let app = wait_pid_file(&pid_file, &mut r);
+    let ns = pid_ns(app).expect("the app's pid namespace");
+    assert_ne!(Some(&ns), pid_ns(std::process::id() as i32).as_ref(), "the app is in its own PID namespace");
+    // init, the app (sh, which execs the last command: `probe sleep` once spawn-orphan is
+    // done) and the orphan, a child of init.
+    let end = Instant::now() + Duration::from_secs(10);
+    let procs = loop {
+        let p = procs_in_ns(&ns);
+        let comm = fs::read_to_string(format!("/proc/{app}/comm")).unwrap_or_default();
+        if p.len() >= 3 && comm.trim() == "probe" {
+            break p;
+        }
+        assert!(Instant::now() < end, "the container never had its 3 processes: {p:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    for &p in &procs {
+        r.adopt(p);
+    }
+    assert_eq!(fx.store_containers().len(), 1, "one scratch dir while running");
+    assert_eq!(fx.state_entries().len(), 1, "one state dir while running");
+
+    r.signal(libc::SIGKILL);
+    let t = Instant::now();
+    let st = wait_timeout(&mut r.child, Duration::from_secs(5)).expect("coracle survived SIGKILL");
+    assert_eq!(st.signal(), Some(libc::SIGKILL));
+    loop {
+        let mut left: Vec<i32> = procs.iter().copied().filter(|&p| alive(p)).collect();
+        for p in procs_in_ns(&ns) {
+            if !left.contains(&p) {
+                left.push(p);
+            }
+        }
+        if left.is_empty() {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(1), "container processes alive 1 s after SIGKILL: {left:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    eprintln!("container gone {:?} after SIGKILL of coracle", t.elapsed());
+
+    let o = fx.env.run(&["gc"]);
+    assert!(o.status(), "gc: {}", o.stderr());
+    assert!(fx.store_containers().is_empty(), "gc left the dead container's scratch dir: {:?}", fx.store_containers());
+    assert!(
+        fx.state_entries().is_empty(),
+        "the dead container's state dir under --state is still there after gc: {:?}",
+        fx.state_entries()
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Errors before the app runs; image sources.
+
+#[test]
+fn exec_errors_and_missing_images() {
+    let fx = Fx::new();
+    let o = fx.run(&["fix", "nosuchcommand"]);
+    assert_fails(&o, 127, "coracle: run: exec nosuchcommand");
+    let o = fx.run(&["fix", "/no/such/file"]);
+    assert_fails(&o, 127, "coracle: run: exec /no/such/file");
+    let o = fx.run(&["fix", "/etc/passwd"]);
+    assert_fails(&o, 126, "coracle: run: exec /etc/passwd");
+    let o = fx.run(&["--no-init", "fix", "nosuchcommand"]);
+    assert_fails(&o, 127, "coracle: run: exec nosuchcommand");
+
+    let o = fx.run(&["not-pulled", "/bin/probe", "pid"]);
+    o.assert_error("coracle pull");
+    assert!(fx.store_containers().is_empty() && fx.state_entries().is_empty());
+
+    let layout = fx.env.path("oci-fix");
+    let o = fx.run(&[&format!("oci:{}", layout.display()), "/bin/probe", "pid"]);
+    assert_eq!(o.code(), Some(0), "running straight from oci:DIR: {}", o.stderr());
+    let p: Value = serde_json::from_str(o.stdout().trim()).unwrap();
+    assert_eq!(p["pid"], 2);
+}
+
+// ---------------------------------------------------------------------------------------
+// Hostile images: symlinked mount targets.
+
+/// Everything under `dir`: names, types, modes and file contents.
+fn snapshot(dir: &Path) -> String {
+    let mut out = String::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let md = fs::symlink_metadata(&d).unwrap();
+        out.push_str(&format!(
+            "{} {:?} {:o}\n",
+            d.display(),
+            md.file_type(),
+            std::os::unix::fs::PermissionsExt::mode(&md.permissions())
+        ));
+        if md.is_dir() {
+            let mut es: Vec<PathBuf> = fs::read_dir(&d).unwrap().flatten().map(|e| e.path()).collect();
+            es.sort();
+            stack.extend(es);
+        } else if md.is_file() {
+            out.push_str(&String::from_utf8_lossy(&fs::read(&d).unwrap()));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[test]
+fn symlinked_mount_targets_leave_the_host_untouched() {
+    let fx = Fx::new();
+    let ours = fx.env.dir.path().to_path_buf();
+    let sentinel = fx.env.path("sentinel");
+    fs::create_dir_all(sentinel.join("dir")).unwrap();
+    fs::write(sentinel.join("file"), "sentinel\n").unwrap();
+    fs::write(sentinel.join("dir/inner"), "inner\n").unwrap();
+    let abs = sentinel.to_str().unwrap().to_owned();
+    let abs_file = format!("{abs}/file");
+    let deep = format!("{}{}", "../".repeat(12), &abs[1..]);
+    let vol = fx.env.path("vol");
+    fs::create_dir_all(&vol).unwrap();
+    let vol_arg = format!("{}:/data", vol.display());
+
+    type Case<'a> = (&'a str, LayerBuilder, Vec<&'a str>);
+    let cases: Vec<Case> = vec![
+        ("proc-to-root", LayerBuilder::new().symlink("proc", "/"), vec![]),
+        ("proc-escape", LayerBuilder::new().symlink("proc", &deep), vec![]),
+        ("proc-abs", LayerBuilder::new().symlink("proc", &abs), vec![]),
+        ("dev-abs", LayerBuilder::new().symlink("dev", &abs), vec![]),
+        ("devpts-abs", LayerBuilder::new().dir("dev", 0o755).symlink("dev/pts", &abs), vec![]),
+        ("sys-abs", LayerBuilder::new().symlink("sys", &abs), vec![]),
+        ("sys-escape", LayerBuilder::new().symlink("sys", &deep), vec![]),
+        ("resolv-abs", LayerBuilder::new().symlink("etc/resolv.conf", &abs_file), vec![]),
+        ("hostname-abs", LayerBuilder::new().symlink("etc/hostname", &abs_file), vec![]),
+        ("hosts-escape", LayerBuilder::new().symlink("etc/hosts", &format!("{deep}/file")), vec![]),
+        ("volume-target-abs", LayerBuilder::new().symlink("data", &abs), vec!["-v", &vol_arg]),
+        ("tmpfs-target-abs", LayerBuilder::new().symlink("scratch", &abs), vec!["--tmpfs", "/scratch"]),
+    ];
+    let before_sentinel = snapshot(&sentinel);
+    let before_mounts = host_mounts(&ours);
+    let mut report = Vec::new();
+    for (name, layer, flags) in cases {
+        let img = Image::new(vec![(default_tar().to_vec(), Comp::None), (layer.finish(), Comp::None)]);
+        fx.add_image(name, &build(&img));
+        let mut args = flags.clone();
+        args.extend([name, "/bin/sh", "-c", "/bin/probe pid && /bin/probe write /etc/hostname x; /bin/probe write /data/x x; /bin/probe write /scratch/x x; true"]);
+        let o = fx.run(&args);
+        match o.code() {
+            Some(0) => report.push(format!("{name}: ran")),
+            _ => {
+                assert_fails(&o, 125, "coracle: run: ");
+                report.push(format!("{name}: refused: {}", o.stderr().trim()));
+            }
+        }
+        assert_eq!(snapshot(&sentinel), before_sentinel, "{name}: the host sentinel changed");
+        assert_same_mounts(&before_mounts, &host_mounts(&ours), &format!("by image {name}"));
+        assert!(names(&vol).iter().all(|n| n == "x"), "{name}: volume got {:?}", names(&vol));
+    }
+    assert!(fx.store_containers().is_empty(), "{:?}", fx.store_containers());
+    eprintln!("{}", report.join("\n"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Read-only rootfs, volumes, tmpfs.
+
+/// `--read-only` with the default image, which (like many minimal images) has no /proc,
+/// /dev, /sys or /etc/hostname of its own: the mount targets must still be made.
+#[test]
+fn read_only_rootfs() {
+    let fx = Fx::new();
+    let o = fx.run(&["--read-only", "fix", "/bin/probe", "write", "/x", "y"]);
+    assert_eq!(o.code(), Some(99), "writing / must fail in the app (probe exit 99), not in coracle: {}", o.stderr());
+    assert!(o.stderr().contains("Read-only file system"), "{}", o.stderr());
+    let o = fx.run(&["--read-only", "--tmpfs", "/scratch", "fix", "/bin/probe", "write", "/scratch/x", "y"]);
+    assert_eq!(o.code(), Some(0), "--tmpfs is writable under --read-only: {}", o.stderr());
+}
+
+/// `--read-only` with an image that already has every mount target: the read-only
+/// behaviour itself, apart from creating targets.
+#[test]
+fn read_only_rootfs_with_mount_targets_in_the_image() {
+    let fx = Fx::new();
+    let top = LayerBuilder::new()
+        .dir("proc", 0o555)
+        .dir("sys", 0o555)
+        .dir("dev", 0o755)
+        .file("etc/hostname", 0o644, b"")
+        .file("etc/hosts", 0o644, b"")
+        .file("etc/resolv.conf", 0o644, b"")
+        .dir("scratch", 0o755)
+        .dir("data", 0o755);
+    let img = Image::new(vec![(default_tar().to_vec(), Comp::None), (top.finish(), Comp::None)]);
+    fx.add_image("targets", &build(&img));
+    let o = fx.run(&["--read-only", "targets", "/bin/probe", "write", "/x", "y"]);
+    assert_eq!(o.code(), Some(99), "writing / must fail: {}", o.stderr());
+    assert!(o.stderr().contains("Read-only file system"), "{}", o.stderr());
+    let o = fx.run(&["--read-only", "targets", "/bin/probe", "write", "/tmp/x", "y"]);
+    assert_eq!(o.code(), Some(99), "writing /tmp must fail too: {}", o.stderr());
+    let vol = fx.env.path("vol");
+    fs::create_dir_all(&vol).unwrap();
+    let v = format!("{}:/data", vol.display());
+    let o = fx.run(&[
+        "--read-only",
+        "--tmpfs",
+        "/scratch",
+        "-v",
+        &v,
+        "targets",
+        "/bin/sh",
+        "-c",
+        "/bin/probe write /scratch/a 1 && /bin/probe write /data/b 2",
+    ]);
+    assert_eq!(o.code(), Some(0), "tmpfs and volumes stay writable: {}", o.stderr());
+    assert_eq!(fs::read_to_string(vol.join("b")).unwrap(), "2");
+}
+
+/// A symlink inside a host volume that points outside the container (dangling as seen
+/// from the container's root) must not be deleted or replaced on the host when it lies
+/// on the path of a mount target or the working directory. docker/runc resolve such
+/// paths inside the root and never unlink what the user mounted.
+#[test]
+fn symlink_in_a_volume_is_not_replaced_on_the_host() {
+    let fx = Fx::new();
+    let vol = fx.env.path("vol");
+    let other = fx.env.path("other");
+    fs::create_dir_all(&vol).unwrap();
+    fs::create_dir_all(&other).unwrap();
+    let away = fx.env.path("not-in-the-container");
+    let link = vol.join("link");
+    let v = format!("{}:/data", vol.display());
+    let v2 = format!("{}:/data/link/sub", other.display());
+    let cases: [(&str, Vec<&str>); 3] = [
+        ("workdir", vec!["-v", &v, "-w", "/data/link"]),
+        ("volume", vec!["-v", &v, "-v", &v2]),
+        ("tmpfs", vec!["-v", &v, "--tmpfs", "/data/link/t"]),
+    ];
+    for (name, flags) in cases {
+        let _ = fs::remove_dir_all(&link);
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(&away, &link).unwrap();
+        let before = snapshot(&vol);
+        let mut args = flags.clone();
+        args.extend(["fix", "/bin/probe", "cwd"]);
+        let o = fx.run(&args);
+        let after = snapshot(&vol);
+        assert_eq!(
+            fs::read_link(&link).ok().as_deref(),
+            Some(away.as_path()),
+            "{name}: the host's symlink {} was replaced (run: {:?} {}); volume now:\n{after}",
+            link.display(),
+            o.code(),
+            o.stderr()
+        );
+        assert_eq!(after, before, "{name}: the host volume changed");
+        assert!(!away.exists(), "{name}: created {} on the host", away.display());
+    }
+}
+
+#[test]
+fn volumes_and_tmpfs() {
+    let fx = Fx::new();
+    let vol = fx.env.path("vol");
+    fs::create_dir_all(&vol).unwrap();
+    fs::write(vol.join("from-host"), "host\n").unwrap();
+    let rw = format!("{}:/data", vol.display());
+    let ro = format!("{}:/data:ro", vol.display());
+    assert_eq!(fx.probe(&["-v", &rw], &["cat", "/data/from-host"]), "host\n");
+    fx.probe(&["-v", &rw], &["write", "/data/new", "written"]);
+    assert_eq!(fs::read_to_string(vol.join("new")).unwrap(), "written");
+
+    let o = fx.run(&["-v", &ro, "fix", "/bin/probe", "write", "/data/nope", "x"]);
+    assert_eq!(o.code(), Some(99), ":ro volume write must fail: {}", o.stderr());
+    assert!(o.stderr().contains("Read-only file system"), "{}", o.stderr());
+    assert!(!vol.join("nope").exists());
+    assert_eq!(fx.probe(&["-v", &ro], &["cat", "/data/from-host"]), "host\n");
+
+    let out = fx.probe(&["--tmpfs", "/scratch"], &["ls", "/scratch"]);
+    assert_eq!(out, "", "a fresh tmpfs is empty");
+    let o = fx.run(&[
+        "--tmpfs",
+        "/scratch",
+        "fix",
+        "/bin/sh",
+        "-c",
+        "/bin/probe write /scratch/a hello && /bin/probe cat /scratch/a",
+    ]);
+    assert_eq!((o.code(), o.stdout().as_str()), (Some(0), "hello"), "{}", o.stderr());
+}
+
+// ---------------------------------------------------------------------------------------
+// Stdin.
+
+#[test]
+fn stdin_is_dev_null_without_i() {
+    let fx = Fx::new();
+    let o = fx.env.run_stdin(&["run", "fix", "/bin/probe", "stdin"], b"data from the host\n");
+    assert_eq!((o.code(), o.stdout().as_str()), (Some(0), ""), "{}", o.stderr());
+    let o = fx.env.run_stdin(&["run", "-i", "fix", "/bin/probe", "stdin"], b"data from the host\n");
+    assert_eq!((o.code(), o.stdout().as_str()), (Some(0), "data from the host\n"), "{}", o.stderr());
+    let o = fx.env.run_stdin(&["run", "-i", "--no-init", "fix", "/bin/probe", "stdin"], b"abc");
+    assert_eq!((o.code(), o.stdout().as_str()), (Some(0), "abc"), "{}", o.stderr());
+}
+
+// ---------------------------------------------------------------------------------------
+// Many layers, many containers.
+
+#[test]
+fn image_with_120_layers_runs() {
+    let fx = Fx::new();
+    let mut layers = vec![(default_tar().to_vec(), Comp::None)];
+    for i in 1..120 {
+        let l = LayerBuilder::new().dir("layers", 0o755).file(
+            &format!("layers/{i}"),
+            0o644,
+            format!("layer {i}\n").as_bytes(),
+        );
+        let l = if i == 119 { l.file("top", 0o644, b"top\n") } else { l };
+        layers.push((l.finish(), Comp::None));
+    }
+    let t = Instant::now();
+    fx.add_image("many", &build(&Image::new(layers)));
+    eprintln!("pulled 120 layers in {:?}", t.elapsed());
+    let o = fx.run(&[
+        "many",
+        "/bin/sh",
+        "-c",
+        "/bin/probe cat /etc/passwd && /bin/probe cat /layers/1 && /bin/probe cat /top && /bin/probe ls /layers",
+    ]);
+    assert_eq!(o.code(), Some(0), "{}", o.stderr());
+    let out = o.stdout();
+    assert!(out.starts_with("root:x:0:0:"), "bottom layer's /etc/passwd: {out}");
+    assert!(out.contains("layer 1\ntop\n"), "{out}");
+    assert_eq!(out.lines().filter(|l| l.contains(" f 0644 0 0 ")).count(), 119, "every layer's file: {out}");
+}
+
+#[test]
+fn twenty_concurrent_runs() {
+    let fx = Fx::new();
+    let mut runs: Vec<Running> = (0..20)
+        .map(|i| {
+            let n = i.to_string();
+            Running::spawn(fx.cmd(&["fix", "/bin/probe", "echo", "run", &n]))
+        })
+        .collect();
+    for (i, r) in runs.iter_mut().enumerate() {
+        let (st, out, err) = r.finish(Duration::from_secs(30));
+        assert_eq!(st.code(), Some(0), "run {i}: {st:?} {err}");
+        assert_eq!(out, [format!("run {i}")], "run {i}");
+    }
+    assert!(fx.store_containers().is_empty(), "{:?}", fx.store_containers());
+    assert!(fx.state_entries().is_empty(), "{:?}", fx.state_entries());
+}
