@@ -103,11 +103,7 @@ impl Verb {
 }
 
 const fn verb(name: &'static str, synopsis: &'static str, run: VerbFn) -> Verb {
-    Verb {
-        name,
-        synopsis,
-        run,
-    }
+    Verb { name, synopsis, run }
 }
 
 // SAFETY: this is the C `main` symbol called by the libc start-up code with a
@@ -145,11 +141,7 @@ fn run(args: &[OsString]) -> c_int {
     match result.and_then(|code| flushed.map(|()| code)) {
         Ok(code) => code,
         Err(Error::Usage(msg)) => {
-            let _ = writeln!(
-                io::stderr(),
-                "probe: {name}: {msg} (usage: probe {})",
-                verb.usage()
-            );
+            let _ = writeln!(io::stderr(), "probe: {name}: {msg} (usage: probe {})", verb.usage());
             EXIT_USAGE
         }
         Err(Error::Fail(msg)) => {
@@ -186,20 +178,16 @@ fn last_os_error() -> Error {
 
 /// Checks that exactly `N` arguments were given.
 fn exact<const N: usize>(args: &[OsString]) -> Result<&[OsString; N]> {
-    args.try_into()
-        .map_err(|_| Error::Usage(format!("expected {N} argument(s), got {}", args.len())))
+    args.try_into().map_err(|_| Error::Usage(format!("expected {N} argument(s), got {}", args.len())))
 }
 
 fn parse<T: FromStr>(arg: &OsStr, what: &str) -> Result<T> {
-    arg.to_str()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| Error::Usage(format!("invalid {what} {:?}", arg)))
+    arg.to_str().and_then(|s| s.parse().ok()).ok_or_else(|| Error::Usage(format!("invalid {what} {:?}", arg)))
 }
 
 fn parse_secs(arg: &OsStr) -> Result<Duration> {
     let secs: f64 = parse(arg, "number of seconds")?;
-    Duration::try_from_secs_f64(secs)
-        .map_err(|_| Error::Usage(format!("invalid number of seconds {secs}")))
+    Duration::try_from_secs_f64(secs).map_err(|_| Error::Usage(format!("invalid number of seconds {secs}")))
 }
 
 /// Encodes `s` as a JSON string literal.
@@ -371,32 +359,17 @@ fn pid(args: &[OsString]) -> Result<c_int> {
     exact::<0>(args)?;
     // SAFETY: these calls take no pointers and cannot fail (getsid(0) on the
     // calling process always succeeds).
-    let (pid, ppid, pgid, sid) = unsafe {
-        (
-            libc::getpid(),
-            libc::getppid(),
-            libc::getpgrp(),
-            libc::getsid(0),
-        )
-    };
-    writeln!(
-        out(),
-        r#"{{"pid":{pid},"ppid":{ppid},"pgid":{pgid},"sid":{sid}}}"#
-    )?;
+    let (pid, ppid, pgid, sid) = unsafe { (libc::getpid(), libc::getppid(), libc::getpgrp(), libc::getsid(0)) };
+    writeln!(out(), r#"{{"pid":{pid},"ppid":{ppid},"pgid":{pgid},"sid":{sid}}}"#)?;
     Ok(0)
 }
 
 fn caps(args: &[OsString]) -> Result<c_int> {
     exact::<0>(args)?;
-    let [inh, prm, eff, bnd, amb] =
-        proc_status(["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"])?;
+    let [inh, prm, eff, bnd, amb] = proc_status(["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"])?;
     // SAFETY: PR_GET_* options take no pointer arguments.
-    let (nnp, dumpable) = unsafe {
-        (
-            libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0),
-            libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0),
-        )
-    };
+    let (nnp, dumpable) =
+        unsafe { (libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0), libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0)) };
     if nnp < 0 || dumpable < 0 {
         return Err(last_os_error());
     }
@@ -417,19 +390,8 @@ fn id(args: &[OsString]) -> Result<c_int> {
     groups.truncate(usize::try_from(n).map_err(|_| last_os_error())?);
     let groups: Vec<String> = groups.iter().map(ToString::to_string).collect();
     // SAFETY: these calls take no arguments and always succeed.
-    let (uid, gid, euid, egid) = unsafe {
-        (
-            libc::getuid(),
-            libc::getgid(),
-            libc::geteuid(),
-            libc::getegid(),
-        )
-    };
-    writeln!(
-        out(),
-        r#"{{"uid":{uid},"gid":{gid},"euid":{euid},"egid":{egid},"groups":[{}]}}"#,
-        groups.join(",")
-    )?;
+    let (uid, gid, euid, egid) = unsafe { (libc::getuid(), libc::getgid(), libc::geteuid(), libc::getegid()) };
+    writeln!(out(), r#"{{"uid":{uid},"gid":{gid},"euid":{euid},"egid":{egid},"groups":[{}]}}"#, groups.join(","))?;
     Ok(0)
 }
 
@@ -464,12 +426,7 @@ fn hostname(args: &[OsString]) -> Result<c_int> {
     if unsafe { libc::uname(&mut uts) } != 0 {
         return Err(last_os_error());
     }
-    let name: Vec<u8> = uts
-        .nodename
-        .iter()
-        .take_while(|&&c| c != 0)
-        .map(|&c| c as u8)
-        .collect();
+    let name: Vec<u8> = uts.nodename.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
     let mut out = out();
     out.write_all(&name)?;
     out.write_all(b"\n")?;
@@ -500,11 +457,7 @@ fn fds(args: &[OsString]) -> Result<c_int> {
         let entry = unsafe { libc::readdir(dir) };
         if entry.is_null() {
             let err = io::Error::last_os_error();
-            break if err.raw_os_error() == Some(0) {
-                Ok(())
-            } else {
-                Err(err)
-            };
+            break if err.raw_os_error() == Some(0) { Ok(()) } else { Err(err) };
         }
         // SAFETY: readdir returned a valid entry whose d_name is
         // NUL-terminated; it is copied before the next readdir call.
@@ -545,10 +498,8 @@ fn write_file(args: &[OsString]) -> Result<c_int> {
 fn ls(args: &[OsString]) -> Result<c_int> {
     let [dir] = exact(args)?;
     let dir = Path::new(dir);
-    let mut names = fs::read_dir(dir)
-        .map_err(at(dir))?
-        .map(|e| e.map(|e| e.file_name()))
-        .collect::<io::Result<Vec<_>>>()?;
+    let mut names =
+        fs::read_dir(dir).map_err(at(dir))?.map(|e| e.map(|e| e.file_name())).collect::<io::Result<Vec<_>>>()?;
     names.sort();
     let mut out = out();
     for name in names {
@@ -624,14 +575,8 @@ fn kill_self(args: &[OsString]) -> Result<c_int> {
 }
 
 fn trap(args: &[OsString]) -> Result<c_int> {
-    let sigs = args
-        .iter()
-        .map(|a| parse_signal(a))
-        .collect::<Result<Vec<_>>>()?;
-    if let Some(&sig) = sigs
-        .iter()
-        .find(|&&s| s == libc::SIGKILL || s == libc::SIGSTOP)
-    {
+    let sigs = args.iter().map(|a| parse_signal(a)).collect::<Result<Vec<_>>>()?;
+    if let Some(&sig) = sigs.iter().find(|&&s| s == libc::SIGKILL || s == libc::SIGSTOP) {
         return Err(Error::Usage(format!("cannot trap {}", signal_name(sig))));
     }
     // SIGUSR2 ends the wait with status 0 unless it is one of the trapped ones.
@@ -662,10 +607,8 @@ fn trap(args: &[OsString]) -> Result<c_int> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let timeout = libc::timespec {
-            tv_sec: left.as_secs() as libc::time_t,
-            tv_nsec: libc::c_long::from(left.subsec_nanos()),
-        };
+        let timeout =
+            libc::timespec { tv_sec: left.as_secs() as libc::time_t, tv_nsec: libc::c_long::from(left.subsec_nanos()) };
         // SAFETY: `set` and `timeout` are initialised; siginfo is not wanted.
         let sig = unsafe { libc::sigtimedwait(&set, ptr::null_mut(), &timeout) };
         if sig < 0 {
@@ -687,10 +630,7 @@ fn trap(args: &[OsString]) -> Result<c_int> {
 fn signals(args: &[OsString]) -> Result<c_int> {
     exact::<0>(args)?;
     let [blocked, ignored, caught] = proc_status(["SigBlk", "SigIgn", "SigCgt"])?;
-    writeln!(
-        out(),
-        r#"{{"blocked":"{blocked}","ignored":"{ignored}","caught":"{caught}"}}"#
-    )?;
+    writeln!(out(), r#"{{"blocked":"{blocked}","ignored":"{ignored}","caught":"{caught}"}}"#)?;
     Ok(0)
 }
 
@@ -721,9 +661,7 @@ fn listen_fds(args: &[OsString]) -> Result<c_int> {
         json_opt(names.as_deref()),
         process::id()
     )?;
-    let count: c_int = listen_fds
-        .and_then(|n| n.to_str()?.parse().ok())
-        .unwrap_or(0);
+    let count: c_int = listen_fds.and_then(|n| n.to_str()?.parse().ok()).unwrap_or(0);
     for fd in 3..3 + count.max(0) {
         let target = fs::read_link(format!("/proc/self/fd/{fd}"))
             .map_or_else(|_| "closed".into(), |t| t.to_string_lossy().into_owned());
@@ -753,11 +691,7 @@ fn accept(args: &[OsString]) -> Result<c_int> {
 }
 
 fn echo(args: &[OsString]) -> Result<c_int> {
-    let mut line = args
-        .iter()
-        .map(|a| a.as_bytes())
-        .collect::<Vec<_>>()
-        .join(&b' ');
+    let mut line = args.iter().map(|a| a.as_bytes()).collect::<Vec<_>>().join(&b' ');
     line.push(b'\n');
     out().write_all(&line)?;
     Ok(0)
