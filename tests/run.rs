@@ -1211,3 +1211,160 @@ fn twenty_concurrent_runs() {
     assert!(fx.store_containers().is_empty(), "{:?}", fx.store_containers());
     assert!(fx.state_entries().is_empty(), "{:?}", fx.state_entries());
 }
+
+// ---------------------------------------------------------------------------------------
+// Running containers from other processes: ps, kill, stop, exec; images in use.
+
+/// Starts `coracle run --name NAME --pid-file … fix ARGS…` in the background and waits
+/// until the app runs.
+fn start_named(fx: &Fx, name: &str, args: &[&str]) -> (Running, i32) {
+    let pid_file = fx.env.path(&format!("{name}.pid"));
+    let mut full = vec!["--name", name, "--pid-file", pid_file.to_str().unwrap(), "fix"];
+    full.extend_from_slice(args);
+    let mut run = Running::spawn(fx.cmd(&full));
+    let pid = wait_pid_file(&pid_file, &mut run);
+    (run, pid)
+}
+
+fn ps_json(fx: &Fx) -> Vec<Value> {
+    serde_json::from_str(&fx.env.ok(&["ps", "--format", "json"])).unwrap()
+}
+
+#[test]
+fn ps_lists_running_containers_only() {
+    let fx = Fx::new();
+    assert!(ps_json(&fx).is_empty());
+    let (mut run, pid) = start_named(&fx, "web", &["/bin/probe", "sleep", "30"]);
+    let list = ps_json(&fx);
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["name"], "web");
+    assert_eq!(list[0]["pid"], pid);
+    assert_eq!(list[0]["command"], serde_json::json!(["/bin/probe", "sleep", "30"]));
+    let table = fx.env.ok(&["ps"]);
+    assert!(table.contains("web") && table.contains(&pid.to_string()), "{table}");
+    // A dead container (coracle SIGKILLed) is gone from ps at once, state cleared.
+    run.signal(libc::SIGKILL);
+    let _ = run.finish(Duration::from_secs(5));
+    assert!(ps_json(&fx).is_empty());
+    assert!(fx.state_entries().is_empty(), "{:?}", fx.state_entries());
+}
+
+#[test]
+fn kill_sends_one_signal_through_init() {
+    let fx = Fx::new();
+    let (mut run, _) = start_named(&fx, "trapper", &["/bin/probe", "trap", "USR1"]);
+    assert_eq!(run.line(Duration::from_secs(10)), "ready");
+    let o = fx.env.run(&["kill", "-s", "USR1", "trapper"]);
+    assert!(o.status(), "{}", o.stderr());
+    assert_eq!(run.line(Duration::from_secs(5)), "got SIGUSR1");
+    fx.env.ok(&["kill", "-s", "SIGUSR2", "trapper"]);
+    let (st, rest, _) = run.finish(Duration::from_secs(10));
+    assert_eq!(st.code(), Some(0), "{rest:?}");
+    assert!(rest.is_empty(), "the signal arrived more than once: {rest:?}");
+    let o = fx.env.run(&["kill", "trapper"]);
+    assert_fails(&o, 125, "coracle: kill: no running container");
+    let o = fx.env.run(&["kill", "-s", "NOPE", "x"]);
+    assert_fails(&o, 125, "coracle: kill: invalid signal");
+}
+
+#[test]
+fn stop_ends_a_polite_app_and_kills_one_that_ignores_sigterm() {
+    let fx = Fx::new();
+    let (mut run, _) = start_named(&fx, "polite", &["/bin/probe", "sleep", "30"]);
+    let t = Instant::now();
+    fx.env.ok(&["stop", "-t", "10", "polite"]);
+    assert!(t.elapsed() < Duration::from_secs(5), "stop of an app that dies on SIGTERM took {:?}", t.elapsed());
+    let (st, _, _) = run.finish(Duration::from_secs(5));
+    assert_eq!(st.signal(), Some(libc::SIGTERM));
+
+    // Trapping TERM means ignoring it here: only SIGKILL after the grace time ends it.
+    let (mut run, _) = start_named(&fx, "stubborn", &["/bin/probe", "trap", "TERM"]);
+    assert_eq!(run.line(Duration::from_secs(10)), "ready");
+    let t = Instant::now();
+    let o = fx.env.run(&["stop", "-t", "1", "stubborn"]);
+    assert!(o.status(), "{}", o.stderr());
+    assert!(o.stderr().contains("killed"), "{}", o.stderr());
+    assert!(t.elapsed() >= Duration::from_secs(1), "SIGKILL came before the grace time: {:?}", t.elapsed());
+    let (st, rest, _) = run.finish(Duration::from_secs(5));
+    assert_eq!(st.signal(), Some(libc::SIGKILL), "{rest:?}");
+    assert_eq!(rest, ["got SIGTERM"]);
+    assert!(ps_json(&fx).is_empty());
+}
+
+#[test]
+fn exec_joins_the_container() {
+    let fx = Fx::new();
+    let (_run, app) = start_named(&fx, "host", &["/bin/probe", "sleep", "30"]);
+    let exec = |args: &[&str]| {
+        let mut c = fx.env.cmd();
+        c.arg("exec").args(args).stdin(Stdio::null());
+        Out(c.output().unwrap())
+    };
+    // Same PID namespace: it sees the container's init and app, and only them.
+    let o = exec(&["host", "/bin/probe", "ls", "/proc"]);
+    assert!(o.status(), "{}", o.stderr());
+    let pids: Vec<String> = ls_names(&o.stdout()).into_iter().filter(|n| n.parse::<u32>().is_ok()).collect();
+    assert!(pids.contains(&"1".to_owned()) && pids.contains(&"2".to_owned()) && pids.len() == 3, "{pids:?}");
+    // Same mount namespace and root: the container's hostname file; same UTS namespace.
+    let host_name = fs::read_to_string(format!("/proc/{app}/root/etc/hostname")).unwrap();
+    assert_eq!(exec(&["host", "/bin/probe", "cat", "/etc/hostname"]).stdout(), host_name);
+    // The container's environment, user and capability rules, with -e/-u/-w on top.
+    let env = exec(&["-e", "EXTRA=1", "host", "/bin/probe", "env"]).stdout();
+    assert!(env.contains("EXTRA=1") && env.contains(&format!("PATH={DEFAULT_PATH}")), "{env}");
+    let id: Value = serde_json::from_str(exec(&["-u", "app", "host", "/bin/probe", "id"]).stdout().trim()).unwrap();
+    assert_eq!(id["uid"], 1000);
+    assert_eq!(exec(&["-w", "/tmp", "host", "/bin/probe", "cwd"]).stdout().trim(), "/tmp");
+    let caps: Value = serde_json::from_str(exec(&["host", "/bin/probe", "caps"]).stdout().trim()).unwrap();
+    assert_eq!(hex_caps(&caps, "eff"), DEFAULT_CAPS);
+    assert_eq!(caps["no_new_privs"], 1);
+    // Exit status mirrored; exec errors as for run.
+    assert_eq!(exec(&["host", "/bin/sh", "-c", "exit 7"]).code(), Some(7));
+    assert_fails(&exec(&["host", "nosuch"]), 127, "coracle: exec: exec nosuch");
+    assert_fails(&exec(&["nobody-here", "/bin/true"]), 125, "coracle: exec: ");
+}
+
+#[test]
+fn rmi_refuses_an_image_a_running_container_uses() {
+    let fx = Fx::new();
+    let (mut run, _) = start_named(&fx, "user", &["/bin/probe", "sleep", "30"]);
+    let o = fx.env.run(&["rmi", "fix"]);
+    assert_fails(&o, 125, "coracle: rmi: image \"fix\" is in use by running container user");
+    // Another name of the same image may go; the last may not.
+    fx.env.ok(&["tag", "fix", "other:1"]);
+    fx.env.ok(&["rmi", "other:1"]);
+    // gc keeps everything the running container needs.
+    fx.env.ok(&["gc"]);
+    assert_eq!(fx.env.images().len(), 1);
+    run.signal(libc::SIGKILL);
+    let _ = run.finish(Duration::from_secs(5));
+    fx.env.ok(&["rmi", "fix"]);
+}
+
+/// `-t`: the app gets a terminal of the container's own devpts (so it has a name there),
+/// with coracle's window size; input and output are relayed. Driven through script(1),
+/// which gives coracle a terminal of its own.
+#[test]
+fn tty_gets_a_pty_with_the_callers_size() {
+    let fx = Fx::new();
+    need_tool("script");
+    let coracle =
+        format!("{} --root {} --state {}", coracle_bin(), fx.env.root().display(), fx.env.path("state").display());
+    let cmd = format!("stty rows 33 cols 77; {coracle} run -t fix /bin/sh -c 'tty; stty size; /bin/probe tty; exit 5'");
+    let o = Command::new("script").args(["-qec", &cmd, "/dev/null"]).stdin(Stdio::null()).output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).replace('\r', "");
+    assert_eq!(o.status.code(), Some(5), "{out}");
+    assert!(out.contains("/dev/pts/0"), "{out}");
+    assert!(out.contains("33 77"), "{out}");
+    assert!(out.contains(r#""stdin":true,"stdout":true,"stderr":true,"rows":33,"cols":77"#), "{out}");
+    let input = "echo typed-$((6*7)); exit 3\n";
+    let mut child = Command::new("script")
+        .args(["-qec", &format!("{coracle} run -it fix /bin/sh"), "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), input.as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("typed-42"), "{out}");
+}
