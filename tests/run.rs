@@ -1368,3 +1368,18 @@ fn tty_gets_a_pty_with_the_callers_size() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains("typed-42"), "{out}");
 }
+
+/// CVE-2019-5736: the container's init is coracle's own binary; nothing in the container
+/// may open it through /proc/1/exe (for writing or at all).
+#[test]
+fn regression_cve_2019_5736_runtime_binary_unreachable() {
+    let fx = Fx::new();
+    let before = fs::read(coracle_bin()).unwrap();
+    for verb in [&["write", "/proc/1/exe", "pwned"][..], &["cat", "/proc/1/exe"]] {
+        let mut args = vec!["fix", "/bin/probe"];
+        args.extend_from_slice(verb);
+        let o = fx.run(&args);
+        assert_eq!(o.code(), Some(99), "probe {verb:?} must fail: {}", o.stderr());
+    }
+    assert!(fs::read(coracle_bin()).unwrap() == before, "coracle's binary changed");
+}

@@ -78,6 +78,10 @@ pub fn exec(state_dir: &Path, r: ExecRequest) -> Result<Outcome, RunError> {
     let console = if r.tty { Some(super::tty::socketpair().map_err(|e| setup("socketpair", e))?) } else { None };
     let winsize = if r.tty { super::tty::own_window_size() } else { None };
 
+    // Our child runs coracle's code inside the container until it execs: non-dumpable
+    // from birth (inherited), so no container process can open its /proc/PID/exe
+    // (CVE-2019-5736). execve resets the flag for the command itself.
+    nix::sys::prctl::set_dumpable(false).map_err(|e| setup("prctl", e))?;
     // Into the container's namespaces; our children are born in its PID namespace.
     let ns = CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWNS
