@@ -1383,3 +1383,58 @@ fn regression_cve_2019_5736_runtime_binary_unreachable() {
     }
     assert!(fs::read(coracle_bin()).unwrap() == before, "coracle's binary changed");
 }
+
+/// A tmux server of this test's own (private socket), killed on drop.
+struct Tmux(String);
+
+impl Tmux {
+    fn cmd(&self, args: &[&str]) -> String {
+        let o = Command::new("tmux").arg("-L").arg(&self.0).args(args).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+    fn screen_until(&self, want: &str) -> String {
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = self.cmd(&["capture-pane", "-p"]);
+            if s.contains(want) || Instant::now() > end {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux").arg("-L").arg(&self.0).arg("kill-server").output();
+    }
+}
+
+/// `-t` in a real terminal: resizing it reaches the app (SIGWINCH copied onto the
+/// container's pty), and Ctrl-C goes to the app's shell, not to coracle.
+#[test]
+fn tty_follows_window_size_and_ctrl_c_reaches_the_app() {
+    let fx = Fx::new();
+    need_tool("tmux");
+    let t = Tmux(format!("coracle-test-{}", std::process::id()));
+    let cmd = format!(
+        "{} --root {} --state {} run -it fix /bin/sh",
+        coracle_bin(),
+        fx.env.root().display(),
+        fx.env.path("state").display()
+    );
+    t.cmd(&["new-session", "-d", "-x", "100", "-y", "30", &cmd]);
+    t.screen_until("/ #");
+    t.cmd(&["send-keys", "stty size", "Enter"]);
+    assert!(t.screen_until("30 100").contains("30 100"));
+    t.cmd(&["resize-window", "-x", "120", "-y", "40"]);
+    std::thread::sleep(Duration::from_millis(200));
+    t.cmd(&["send-keys", "stty size", "Enter"]);
+    let s = t.screen_until("40 120");
+    assert!(s.contains("40 120"), "{s}");
+    t.cmd(&["send-keys", "C-c"]);
+    t.cmd(&["send-keys", "echo still-$((40+2))", "Enter"]);
+    let s = t.screen_until("still-42");
+    assert!(s.contains("still-42"), "Ctrl-C ended the container: {s}");
+    t.cmd(&["send-keys", "exit", "Enter"]);
+}
