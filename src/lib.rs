@@ -6,6 +6,7 @@ pub mod digest;
 pub mod image;
 pub mod layer;
 pub mod reference;
+pub mod registry;
 pub mod run;
 pub mod store;
 pub mod sys;

@@ -1,19 +1,58 @@
-//! `coracle pull` (local transports), `coracle load`, `coracle import`.
+//! `coracle pull` (registries and local transports), `coracle load`, `coracle import`.
 
 use clap::Args;
 
-use super::CmdResult;
+use super::{CmdResult, Failure};
 use crate::image::{self, Imported};
 use crate::reference::Reference;
 use crate::store::Store;
 
 #[derive(Args, Debug)]
 pub struct PullArgs {
-    /// Name the image NAME[:TAG] instead of the name the source gives it
+    /// Name the image NAME[:TAG] instead of the name the source gives it (local sources)
     #[arg(long, value_name = "NAME[:TAG]")]
     tag: Option<Reference>,
-    /// oci:DIR[:REF], oci-archive:FILE[:REF] or docker-archive:FILE[:NAME:TAG|:@N]
+    /// The platform to pull from a multi-platform image (default: this host's)
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+    /// Verify the registry's TLS certificate (false also allows plain HTTP)
+    #[arg(long = "tls-verify", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub tls_verify: bool,
+    /// NAME[:TAG][@DIGEST] or docker://NAME… from a registry; oci:DIR[:REF],
+    /// oci-archive:FILE[:REF] or docker-archive:FILE[:NAME:TAG|:@N] from local files
     source: String,
+}
+
+/// Local sources by their transport prefix; anything else names a registry image.
+pub const LOCAL_TRANSPORTS: [&str; 3] = ["oci:", "oci-archive:", "docker-archive:"];
+
+/// `OS/ARCH[/VARIANT]`.
+pub fn parse_platform(s: &str) -> Result<crate::store::images::Platform, Failure> {
+    let parts: Vec<&str> = s.split('/').collect();
+    match parts.as_slice() {
+        [os, arch] | [os, arch, _] if !os.is_empty() && !arch.is_empty() => {
+            Ok(crate::image::platform::normalize(os, arch, parts.get(2).copied()))
+        }
+        _ => Err(Failure {
+            code: super::EXIT_ERROR,
+            message: format!("invalid platform {s:?}: expected OS/ARCH[/VARIANT]"),
+        }),
+    }
+}
+
+/// Pulls `name` from its registry.
+pub fn pull_registry(store: &Store, name: &str, platform: Option<&str>, tls_verify: bool) -> Result<Imported, Failure> {
+    let r: Reference = name.parse()?;
+    let opts = crate::registry::PullOptions { platform: platform.map(parse_platform).transpose()?, tls_verify };
+    eprintln!("Pulling {r}");
+    let imported = crate::registry::pull(store, &r, &opts)?;
+    eprintln!(
+        "Pulled {r}: {} layers, {} ({})",
+        imported.record.layers.len(),
+        super::output::human_size(imported.record.size),
+        imported.record.platform
+    );
+    Ok(imported)
 }
 
 #[derive(Args, Debug)]
@@ -35,6 +74,15 @@ pub struct ImportArgs {
 }
 
 pub fn pull(store: &Store, a: PullArgs) -> CmdResult {
+    if !LOCAL_TRANSPORTS.iter().any(|t| a.source.starts_with(t)) {
+        if a.tag.is_some() {
+            return Err(Failure { code: super::EXIT_ERROR, message: "--tag applies to local sources only".into() });
+        }
+        let name = a.source.strip_prefix("docker://").unwrap_or(&a.source);
+        let imported = pull_registry(store, name, a.platform.as_deref(), a.tls_verify)?;
+        println!("{}", imported.record.digest);
+        return Ok(0);
+    }
     let imported = image::pull(store, &a.source, a.tag.as_ref())?;
     for i in &imported {
         for n in &i.names {

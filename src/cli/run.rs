@@ -21,6 +21,13 @@ pub enum Network {
     None,
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum PullPolicy {
+    Missing,
+    Always,
+    Never,
+}
+
 #[derive(Args, Debug)]
 #[command(trailing_var_arg = true)]
 pub struct RunArgs {
@@ -84,6 +91,15 @@ pub struct RunArgs {
     /// Network namespace
     #[arg(long, value_enum, default_value = "host")]
     network: Network,
+    /// Pull the image from its registry: when missing from the store, always, or never
+    #[arg(long, value_enum, default_value = "missing")]
+    pull: PullPolicy,
+    /// The platform to pull (default: this host's)
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    platform: Option<String>,
+    /// Verify the registry's TLS certificate when pulling (false also allows plain HTTP)
+    #[arg(long = "tls-verify", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    tls_verify: bool,
     /// The image: a name, ID or digest in the store, or oci:DIR[:REF], oci-archive:FILE[:REF], docker-archive:FILE[:NAME:TAG]
     image: String,
     /// The command and its arguments (default: the image's ENTRYPOINT and CMD)
@@ -91,22 +107,32 @@ pub struct RunArgs {
     command: Vec<String>,
 }
 
-const TRANSPORTS: [&str; 3] = ["oci:", "oci-archive:", "docker-archive:"];
-
 pub fn run(store: &Store, state: PathBuf, a: RunArgs) -> CmdResult {
-    let (record, image_name) = if TRANSPORTS.iter().any(|t| a.image.starts_with(t)) {
+    let (record, image_name) = if super::import::LOCAL_TRANSPORTS.iter().any(|t| a.image.starts_with(t)) {
         let imported = image::pull(store, &a.image, None)?;
         let first = imported.into_iter().next().ok_or_else(|| fail(format!("{} holds no image", a.image)))?;
         (first.record, a.image.clone())
     } else {
-        match lookup::find(store, &a.image) {
-            Ok(r) => (r, a.image.clone()),
-            Err(image::ImageError::NotFound(n)) => {
+        let found = if a.pull == PullPolicy::Always {
+            None
+        } else {
+            lookup::find(store, &a.image).map(Some).or_else(|e| match e {
+                image::ImageError::NotFound(_) => Ok(None),
+                e => Err(e),
+            })?
+        };
+        match (found, a.pull) {
+            (Some(r), _) => (r, a.image.clone()),
+            (None, PullPolicy::Never) => {
                 return Err(fail(format!(
-                    "image {n:?} is not in the store: bring it in first with `coracle pull oci:DIR|oci-archive:FILE|docker-archive:FILE` or `coracle load -i FILE`"
+                    "image {:?} is not in the store and --pull never forbids pulling it: bring it in with `coracle pull {}`",
+                    a.image, a.image
                 )))
             }
-            Err(e) => return Err(e.into()),
+            (None, _) => {
+                let name = a.image.strip_prefix("docker://").unwrap_or(&a.image);
+                (super::import::pull_registry(store, name, a.platform.as_deref(), a.tls_verify)?.record, a.image.clone())
+            }
         }
     };
     let cfg: serde_json::Value = serde_json::from_slice(&store.read_blob(&record.config)?)?;

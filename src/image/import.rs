@@ -35,7 +35,7 @@ const MAX_INDEX_DEPTH: usize = 4;
 pub fn resolve(src: &dyn BlobSource, desc: &Descriptor, want: &Platform) -> Result<Resolved> {
     let mut desc = desc.clone();
     for _ in 0..MAX_INDEX_DEPTH {
-        let bytes = src.read_document(&desc.digest).map_err(|e| source_err(src.name(), e))?;
+        let bytes = src.read_manifest(&desc.digest).map_err(|e| source_err(src.name(), e))?;
         crate::store::blobs::verify(&desc.digest, Some(desc.size), &Digest::of(&bytes), bytes.len() as u64)?;
         let doc = manifest::parse(&bytes, Some(&desc.media_type))
             .map_err(|source| ImageError::Manifest { at: format!("{} {}", src.name(), desc.digest), source })?;

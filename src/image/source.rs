@@ -16,6 +16,12 @@ pub trait BlobSource: Sync {
     /// Opens the blob `d` for streaming.
     fn open(&self, d: &Digest) -> io::Result<Box<dyn Read + Send + '_>>;
 
+    /// Reads a manifest or index (a registry serves those from another endpoint than
+    /// blobs).
+    fn read_manifest(&self, d: &Digest) -> io::Result<Vec<u8>> {
+        self.read_document(d)
+    }
+
     /// Reads a small blob (manifest, index, config) whole, bounded.
     fn read_document(&self, d: &Digest) -> io::Result<Vec<u8>> {
         let mut data = Vec::new();

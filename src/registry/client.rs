@@ -1,0 +1,320 @@
+//! An OCI distribution API client (distribution-spec: pull): manifests and blobs of one
+//! repository, with token or basic auth, redirects followed by hand so that credentials
+//! never go to another host, HTTPS by default and plain HTTP only for loopback
+//! registries or with `--tls-verify=false` (as docker does).
+
+use std::io::Read;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use ureq::http::Response;
+use ureq::tls::{RootCerts, TlsConfig};
+use ureq::{Agent, Body};
+
+use super::auth::{self, Challenge};
+use super::RegistryError;
+use crate::digest::Digest;
+use crate::reference::Reference;
+
+/// Every manifest media type we can use, for content negotiation.
+pub const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
+
+/// Largest manifest we read.
+const MAX_MANIFEST: u64 = 4 << 20;
+const MAX_REDIRECTS: usize = 5;
+
+pub struct Client {
+    agent: Agent,
+    /// `https://host[:port]` or `http://…`.
+    base: String,
+    host: String,
+    repo: String,
+    creds: Option<(String, String)>,
+    /// The current `Authorization` value for this registry.
+    authorization: Mutex<Option<String>>,
+}
+
+/// The host serving a reference's registry (`docker.io` is served by
+/// `registry-1.docker.io`).
+pub fn registry_host(r: &Reference) -> String {
+    match r.domain() {
+        "docker.io" => "registry-1.docker.io".to_owned(),
+        d => d.to_owned(),
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    let h = host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h);
+    let h = h.trim_start_matches('[').trim_end_matches(']');
+    h == "localhost" || h == "::1" || h.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+fn agent(tls_verify: bool, host: &str) -> Agent {
+    let mut tls = TlsConfig::builder().disable_verification(!tls_verify);
+    if let Some(roots) = extra_roots(host) {
+        tls = tls.root_certs(roots);
+    }
+    let config = Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .timeout_connect(Some(Duration::from_secs(30)))
+        .user_agent(concat!("coracle/", env!("CARGO_PKG_VERSION")))
+        .tls_config(tls.build())
+        .build();
+    Agent::new_with_config(config)
+}
+
+/// The system's trust store plus `*.crt` CAs of `/etc/containers/certs.d/HOST/` and
+/// `/etc/docker/certs.d/HOST/`, when such a directory has any.
+fn extra_roots(host: &str) -> Option<RootCerts> {
+    let mut extra = Vec::new();
+    for base in ["/etc/containers/certs.d", "/etc/docker/certs.d"] {
+        let Ok(rd) = std::fs::read_dir(std::path::Path::new(base).join(host)) else { continue };
+        for e in rd.flatten() {
+            if e.path().extension().is_some_and(|x| x == "crt") {
+                if let Ok(pem) = std::fs::read(e.path()) {
+                    extra.extend(ureq::tls::parse_pem(&pem).filter_map(|i| match i {
+                        Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                        _ => None,
+                    }));
+                }
+            }
+        }
+    }
+    if extra.is_empty() {
+        return None;
+    }
+    let system = std::fs::read("/etc/ssl/certs/ca-certificates.crt").unwrap_or_default();
+    extra.extend(ureq::tls::parse_pem(&system).filter_map(|i| match i {
+        Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+        _ => None,
+    }));
+    Some(RootCerts::new_with_certs(&extra))
+}
+
+impl Client {
+    /// Connects to the registry of `r` and finds out how to talk to it (scheme, auth).
+    pub fn connect(r: &Reference, tls_verify: bool) -> Result<Client, RegistryError> {
+        let host = registry_host(r);
+        let creds = auth::credentials(r.domain()).or_else(|| auth::credentials(&host));
+        let insecure_ok = !tls_verify || is_loopback(&host);
+        let mut last_err = None;
+        for scheme in ["https", "http"] {
+            if scheme == "http" && !insecure_ok {
+                break;
+            }
+            let c = Client {
+                agent: agent(tls_verify || scheme == "http", &host),
+                base: format!("{scheme}://{host}"),
+                host: host.clone(),
+                repo: r.path().to_owned(),
+                creds: creds.clone(),
+                authorization: Mutex::new(None),
+            };
+            match c.send(&format!("{}/v2/", c.base), None) {
+                Ok(_) => return Ok(c),
+                // Only a transport failure (TLS handshake, refused) falls back to HTTP.
+                Err(e @ RegistryError::Transport { .. }) => last_err = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| RegistryError::Protocol(host, "no usable scheme".into())))
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// A GET with auth: on 401, answers the challenge once and retries. Redirects are
+    /// followed here, and only the registry's own host ever gets the Authorization.
+    fn send(&self, url: &str, accept: Option<&str>) -> Result<Response<Body>, RegistryError> {
+        let mut url = url.to_owned();
+        let mut answered = false;
+        for _ in 0..=MAX_REDIRECTS {
+            let same_host = url.starts_with(&format!("{}/", self.base));
+            let mut req = self.agent.get(&url);
+            if let Some(a) = accept {
+                req = req.header("Accept", a);
+            }
+            if same_host {
+                if let Some(a) = self.authorization.lock().map(|g| g.clone()).unwrap_or(None) {
+                    req = req.header("Authorization", a);
+                }
+            }
+            let resp = req.call().map_err(|e| RegistryError::Transport { url: url.clone(), source: Box::new(e) })?;
+            let status = resp.status().as_u16();
+            match status {
+                200..=299 => return Ok(resp),
+                301 | 302 | 303 | 307 | 308 => {
+                    let loc = resp.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or_default();
+                    url = join_url(&url, loc);
+                }
+                401 if same_host && !answered => {
+                    answered = true;
+                    let challenge = resp
+                        .headers()
+                        .get("www-authenticate")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(auth::parse_challenge)
+                        .ok_or_else(|| {
+                            RegistryError::Auth(
+                                self.host.clone(),
+                                "401 without a usable WWW-Authenticate challenge".into(),
+                            )
+                        })?;
+                    let value = self.answer(&challenge)?;
+                    *self
+                        .authorization
+                        .lock()
+                        .map_err(|_| RegistryError::Protocol(self.host.clone(), "lock poisoned".into()))? = Some(value);
+                }
+                _ => return Err(http_error(&url, resp)),
+            }
+        }
+        Err(RegistryError::Protocol(self.host.clone(), format!("too many redirects for {url}")))
+    }
+
+    /// The Authorization value for a challenge: basic credentials, or a bearer token
+    /// from the realm (with credentials when we have them).
+    fn answer(&self, c: &Challenge) -> Result<String, RegistryError> {
+        match c.scheme.as_str() {
+            "basic" => {
+                let (u, p) = self.creds.as_ref().ok_or_else(|| {
+                    RegistryError::Auth(
+                        self.host.clone(),
+                        "the registry wants credentials and none are configured".into(),
+                    )
+                })?;
+                Ok(auth::basic(u, p))
+            }
+            "bearer" => {
+                let realm = c
+                    .params
+                    .get("realm")
+                    .ok_or_else(|| RegistryError::Auth(self.host.clone(), "bearer challenge without realm".into()))?;
+                let mut url = format!("{realm}?scope={}", encode(&format!("repository:{}:pull", self.repo)));
+                if let Some(s) = c.params.get("service") {
+                    url.push_str(&format!("&service={}", encode(s)));
+                }
+                let mut req = self.agent.get(&url);
+                if let Some((u, p)) = &self.creds {
+                    req = req.header("Authorization", auth::basic(u, p));
+                }
+                let resp =
+                    req.call().map_err(|e| RegistryError::Transport { url: realm.clone(), source: Box::new(e) })?;
+                if !resp.status().is_success() {
+                    return Err(RegistryError::Auth(
+                        self.host.clone(),
+                        format!("token server {realm} answered {}", resp.status()),
+                    ));
+                }
+                let body = resp.into_body().with_config().limit(1 << 20).read_to_vec();
+                let body = body.map_err(|e| RegistryError::Transport { url: realm.clone(), source: Box::new(e) })?;
+                let v: serde_json::Value = serde_json::from_slice(&body)
+                    .map_err(|e| RegistryError::Auth(self.host.clone(), format!("token response: {e}")))?;
+                let token = v["token"]
+                    .as_str()
+                    .or_else(|| v["access_token"].as_str())
+                    .ok_or_else(|| RegistryError::Auth(self.host.clone(), "token response without a token".into()))?;
+                Ok(format!("Bearer {token}"))
+            }
+            other => Err(RegistryError::Auth(self.host.clone(), format!("unsupported auth scheme {other:?}"))),
+        }
+    }
+
+    /// A manifest or index by tag or digest: its bytes and media type.
+    pub fn manifest(&self, reference: &str) -> Result<(Vec<u8>, String), RegistryError> {
+        let url = format!("{}/v2/{}/manifests/{reference}", self.base, self.repo);
+        let resp = self.send(&url, Some(ACCEPT))?;
+        let ctype = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or_default().trim().to_owned())
+            .unwrap_or_default();
+        let mut data = Vec::new();
+        resp.into_body()
+            .into_with_config()
+            .limit(MAX_MANIFEST + 1)
+            .reader()
+            .read_to_end(&mut data)
+            .map_err(|e| RegistryError::Protocol(url.clone(), format!("read manifest: {e}")))?;
+        if data.len() as u64 > MAX_MANIFEST {
+            return Err(RegistryError::Protocol(
+                self.host.clone(),
+                format!("manifest {reference} is larger than {MAX_MANIFEST} bytes"),
+            ));
+        }
+        Ok((data, ctype))
+    }
+
+    /// A blob's content, streamed.
+    pub fn blob(&self, d: &Digest) -> Result<Box<dyn Read + Send>, RegistryError> {
+        let url = format!("{}/v2/{}/blobs/{d}", self.base, self.repo);
+        let resp = self.send(&url, None)?;
+        Ok(Box::new(resp.into_body().into_reader()))
+    }
+}
+
+fn http_error(url: &str, resp: Response<Body>) -> RegistryError {
+    let status = resp.status().as_u16();
+    let body = resp.into_body().with_config().limit(4096).read_to_string().unwrap_or_default();
+    // The distribution spec's error body: {"errors":[{"code":…,"message":…}]}.
+    let detail = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| {
+            v["errors"][0]["message"]
+                .as_str()
+                .map(str::to_owned)
+                .or_else(|| v["errors"][0]["code"].as_str().map(str::to_owned))
+        })
+        .unwrap_or_default();
+    RegistryError::Http { url: url.to_owned(), status, detail }
+}
+
+/// Resolves a Location header against the URL it answered.
+fn join_url(base: &str, loc: &str) -> String {
+    if loc.starts_with("http://") || loc.starts_with("https://") {
+        return loc.to_owned();
+    }
+    let origin_end =
+        base.find("://").map(|i| base[i + 3..].find('/').map_or(base.len(), |j| i + 3 + j)).unwrap_or(base.len());
+    if loc.starts_with('/') {
+        format!("{}{loc}", &base[..origin_end])
+    } else {
+        let dir_end = base.rfind('/').filter(|&i| i >= origin_end).unwrap_or(origin_end);
+        format!("{}/{loc}", &base[..dir_end])
+    }
+}
+
+/// Percent-encoding for query values.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts() {
+        for h in ["localhost", "localhost:5000", "127.0.0.1:5000", "127.1.2.3", "[::1]:5000", "::1"] {
+            assert!(is_loopback(h), "{h}");
+        }
+        for h in ["example.com", "10.0.0.1:5000", "localhost.example.com"] {
+            assert!(!is_loopback(h), "{h}");
+        }
+    }
+
+    #[test]
+    fn redirects_and_encoding() {
+        assert_eq!(join_url("https://r.io/v2/a/blobs/x", "https://cdn.io/b?sig=1"), "https://cdn.io/b?sig=1");
+        assert_eq!(join_url("https://r.io/v2/a/blobs/x", "/other"), "https://r.io/other");
+        assert_eq!(encode("repository:library/busybox:pull"), "repository%3Alibrary%2Fbusybox%3Apull");
+    }
+}
