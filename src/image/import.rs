@@ -76,7 +76,47 @@ pub fn select_platform<'a>(name: &str, entries: &'a [Descriptor], want: &Platfor
     })
 }
 
-/// Commits the image `r` from `src` into the store and names it.
+/// Layers extracted at once: downloads overlap, and two cores stay busy with the
+/// inflate/hash and extract halves of the pipelines.
+const PARALLEL_LAYERS: usize = 3;
+
+/// Extracts every `(descriptor, diff-id)` into tmp/, a few at a time; the first error
+/// stops the others from starting and is returned.
+fn extract_all(store: &Store, src: &dyn BlobSource, jobs: &[(&Descriptor, &Digest)]) -> Result<Vec<PendingLayer>> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let results: Vec<Result<Vec<PendingLayer>>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..PARALLEL_LAYERS.min(jobs.len()))
+            .map(|_| {
+                s.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        if i >= jobs.len() || failed.load(std::sync::atomic::Ordering::SeqCst) {
+                            return Ok(done);
+                        }
+                        let (l, diff_id) = jobs[i];
+                        let blob = LayerBlob { digest: Some(l.digest.clone()), size: Some(l.size) };
+                        match store.extract_layer(&blob, Some(diff_id), || src.open(&l.digest)) {
+                            Ok(p) => done.push(p),
+                            Err(e) => {
+                                failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                                return Err(e.into());
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap_or_else(|_| Err(source_err(src.name(), "extraction thread panicked")))).collect()
+    });
+    let mut out = Vec::new();
+    for r in results {
+        out.extend(r?);
+    }
+    Ok(out)
+}
+
 /// Commits the image `r` from `src` into the store and names it. Nothing becomes visible
 /// until every part is verified: layers are extracted into tmp/ (under their locks, taken
 /// in digest order so that concurrent imports cannot deadlock), then blobs, layers,
@@ -117,19 +157,18 @@ pub fn import_manifest(
     let mut ready: HashMap<Digest, PendingLayer> = ready.into_iter().map(|p| (p.marker.diff_id.clone(), p)).collect();
     let mut pending_layers: Vec<PendingLayer> = Vec::new();
     let mut pending_blobs: Vec<PendingBlob> = Vec::new();
-    let mut layers = Vec::with_capacity(m.layers.len());
-    let mut size = 0;
+    let mut to_extract: Vec<(&Descriptor, &Digest)> = Vec::new();
+    let mut sizes: HashMap<&Digest, u64> = HashMap::new();
     for (l, diff_id) in m.layers.iter().zip(&cfg.diff_ids) {
         let blob = blob_of(l);
-        let queued = pending_layers.iter().any(|p| &p.marker.diff_id == diff_id)
-            || pending_blobs.iter().any(|p| p.digest == l.digest);
+        if sizes.contains_key(diff_id) || pending_blobs.iter().any(|p| p.digest == l.digest) {
+            continue;
+        }
         // Checked again now that the locks are held: another import may have finished.
-        size += match store.layer_need(&blob, diff_id) {
-            _ if queued => store.layer_marker(diff_id).map_or_else(
-                || pending_layers.iter().find(|p| &p.marker.diff_id == diff_id).map_or(0, |p| p.marker.size),
-                |x| x.size,
-            ),
-            LayerNeed::Nothing(marker) => marker.size,
+        match store.layer_need(&blob, diff_id) {
+            LayerNeed::Nothing(marker) => {
+                sizes.insert(diff_id, marker.size);
+            }
             LayerNeed::Blob(marker) => {
                 let p = match ready.remove(diff_id) {
                     Some(p) if p.blob.digest == l.digest => p.blob,
@@ -140,25 +179,38 @@ pub fn import_manifest(
                     )?,
                 };
                 pending_blobs.push(p);
-                marker.size
+                sizes.insert(diff_id, marker.size);
             }
-            LayerNeed::Extract => {
-                let p = match ready.remove(diff_id) {
-                    Some(p) => p,
-                    None => store.extract_layer(&blob, Some(diff_id), || src.open(&l.digest))?,
-                };
-                let n = p.marker.size;
-                pending_layers.push(p);
-                n
-            }
-        };
-        layers.push(LayerRecord {
+            LayerNeed::Extract => match ready.remove(diff_id) {
+                Some(p) => {
+                    sizes.insert(diff_id, p.marker.size);
+                    pending_layers.push(p);
+                }
+                None => {
+                    sizes.insert(diff_id, 0);
+                    to_extract.push((l, diff_id));
+                }
+            },
+        }
+    }
+    for p in extract_all(store, src, &to_extract)? {
+        if let Some(s) = sizes.get_mut(&p.marker.diff_id) {
+            *s = p.marker.size;
+        }
+        pending_layers.push(p);
+    }
+    let layers: Vec<LayerRecord> = m
+        .layers
+        .iter()
+        .zip(&cfg.diff_ids)
+        .map(|(l, diff_id)| LayerRecord {
             blob: l.digest.clone(),
             media_type: l.media_type.clone(),
             size: l.size,
             diff_id: diff_id.clone(),
-        });
-    }
+        })
+        .collect();
+    let size = cfg.diff_ids.iter().map(|d| sizes.get(d).copied().unwrap_or(0)).sum();
 
     for b in pending_blobs {
         store.commit_blob(b)?;
