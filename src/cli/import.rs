@@ -16,8 +16,8 @@ pub struct PullArgs {
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
     pub platform: Option<String>,
     /// Verify the registry's TLS certificate (false also allows plain HTTP)
-    #[arg(long = "tls-verify", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
-    pub tls_verify: bool,
+    #[arg(long = "tls-verify", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    pub tls_verify: Option<bool>,
     /// NAME[:TAG][@DIGEST] or docker://NAME… from a registry; oci:DIR[:REF],
     /// oci-archive:FILE[:REF] or docker-archive:FILE[:NAME:TAG|:@N] from local files
     source: String,
@@ -79,11 +79,15 @@ pub fn pull(store: &Store, a: PullArgs) -> CmdResult {
             return Err(Failure { code: super::EXIT_ERROR, message: "--tag applies to local sources only".into() });
         }
         let name = a.source.strip_prefix("docker://").unwrap_or(&a.source);
-        let imported = pull_registry(store, name, a.platform.as_deref(), a.tls_verify)?;
+        let imported = pull_registry(store, name, a.platform.as_deref(), a.tls_verify.unwrap_or(true))?;
         println!("{}", imported.record.digest);
         return Ok(0);
     }
-    let imported = image::pull(store, &a.source, a.tag.as_ref())?;
+    if a.tls_verify.is_some() {
+        return Err(Failure { code: super::EXIT_ERROR, message: "--tls-verify applies to registries only".into() });
+    }
+    let platform = a.platform.as_deref().map(parse_platform).transpose()?;
+    let imported = image::pull(store, &a.source, a.tag.as_ref(), platform.as_ref())?;
     for i in &imported {
         for n in &i.names {
             eprintln!("Copied {} as {}", a.source, n);

@@ -55,7 +55,7 @@ pub struct RunArgs {
     /// Mount an empty tmpfs at DST
     #[arg(long, value_name = "DST")]
     tmpfs: Vec<String>,
-    /// Mount the image read-only (no upper layer)
+    /// Make the container's root filesystem read-only (volumes and tmpfs stay writable)
     #[arg(long)]
     read_only: bool,
     /// The container's hostname (default: the host's)
@@ -98,8 +98,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
     platform: Option<String>,
     /// Verify the registry's TLS certificate when pulling (false also allows plain HTTP)
-    #[arg(long = "tls-verify", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
-    tls_verify: bool,
+    #[arg(long = "tls-verify", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    tls_verify: Option<bool>,
     /// The image: a name, ID or digest in the store, or oci:DIR[:REF], oci-archive:FILE[:REF], docker-archive:FILE[:NAME:TAG]
     image: String,
     /// The command and its arguments (default: the image's ENTRYPOINT and CMD)
@@ -109,7 +109,11 @@ pub struct RunArgs {
 
 pub fn run(store: &Store, state: PathBuf, a: RunArgs) -> CmdResult {
     let (record, image_name) = if super::import::LOCAL_TRANSPORTS.iter().any(|t| a.image.starts_with(t)) {
-        let imported = image::pull(store, &a.image, None)?;
+        if a.tls_verify.is_some() {
+            return Err(fail("--tls-verify applies to registries only".into()));
+        }
+        let platform = a.platform.as_deref().map(super::import::parse_platform).transpose()?;
+        let imported = image::pull(store, &a.image, None, platform.as_ref())?;
         let first = imported.into_iter().next().ok_or_else(|| fail(format!("{} holds no image", a.image)))?;
         (first.record, a.image.clone())
     } else {
@@ -131,7 +135,7 @@ pub fn run(store: &Store, state: PathBuf, a: RunArgs) -> CmdResult {
             }
             (None, _) => {
                 let name = a.image.strip_prefix("docker://").unwrap_or(&a.image);
-                (super::import::pull_registry(store, name, a.platform.as_deref(), a.tls_verify)?.record, a.image.clone())
+                (super::import::pull_registry(store, name, a.platform.as_deref(), a.tls_verify.unwrap_or(true))?.record, a.image.clone())
             }
         }
     };

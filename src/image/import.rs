@@ -49,6 +49,26 @@ pub fn resolve(src: &dyn BlobSource, desc: &Descriptor, want: &Platform) -> Resu
     Err(source_err(src.name(), "image indexes nested too deeply"))
 }
 
+/// With an explicit `--platform`, a single-platform image must be for that platform (an
+/// index was already matched by [`resolve`]).
+pub fn check_platform(src: &dyn BlobSource, r: &Resolved, want: &Platform) -> Result<()> {
+    let bytes = src.read_document(&r.manifest.config.digest).map_err(|e| source_err(src.name(), e))?;
+    let cfg = config::parse(&r.manifest.config.digest, &bytes)?;
+    let have = super::manifest::PlatformSpec {
+        os: cfg.platform.os.clone(),
+        architecture: cfg.platform.architecture.clone(),
+        variant: cfg.platform.variant.clone(),
+    };
+    if platform::score(want, &have).is_none() {
+        return Err(ImageError::NoPlatform {
+            source_name: src.name().to_owned(),
+            want: want.to_string(),
+            have: cfg.platform.to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// The best entry of an index for `want`; entries without a platform are skipped (they
 /// are attestations and other artifacts).
 pub fn select_platform<'a>(name: &str, entries: &'a [Descriptor], want: &Platform) -> Result<&'a Descriptor> {
@@ -108,7 +128,10 @@ fn extract_all(store: &Store, src: &dyn BlobSource, jobs: &[(&Descriptor, &Diges
                 })
             })
             .collect();
-        workers.into_iter().map(|w| w.join().unwrap_or_else(|_| Err(source_err(src.name(), "extraction thread panicked")))).collect()
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_else(|_| Err(source_err(src.name(), "extraction thread panicked"))))
+            .collect()
     });
     let mut out = Vec::new();
     for r in results {

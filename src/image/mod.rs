@@ -43,7 +43,7 @@ pub enum ImageError {
     NotFound(String),
     #[error("{0:?} matches more than one image: {1}")]
     AmbiguousId(String, String),
-    #[error("unknown source {0:?}: expected oci:DIR[:REF], oci-archive:FILE[:REF] or docker-archive:FILE[:NAME:TAG] (registry pulls are not supported yet)")]
+    #[error("unknown source {0:?}: expected oci:DIR[:REF], oci-archive:FILE[:REF] or docker-archive:FILE[:NAME:TAG]")]
     UnknownTransport(String),
     #[error("image {0:?} is in use by running container {1} (stop it first)")]
     InUse(String, String),

@@ -10,6 +10,7 @@ use std::path::Path;
 
 use crate::layer::Compression;
 use crate::reference::Reference;
+use crate::store::images::Platform;
 use crate::store::Store;
 
 /// A name given with --tag (or to `import`) must be a tag: a digest names content, and a
@@ -25,7 +26,13 @@ fn check_tag(tag: Option<&Reference>) -> Result<()> {
 }
 
 /// `coracle pull SOURCE` for the local transports.
-pub fn pull(store: &Store, source: &str, tag: Option<&Reference>) -> Result<Vec<Imported>> {
+/// `platform` picks from multi-platform OCI indexes (default: this host's).
+pub fn pull(
+    store: &Store,
+    source: &str,
+    tag: Option<&Reference>,
+    platform: Option<&Platform>,
+) -> Result<Vec<Imported>> {
     check_tag(tag)?;
     let (transport, rest) = source.split_once(':').ok_or_else(|| ImageError::UnknownTransport(source.to_owned()))?;
     // Like skopeo: the path ends at the first ':'; what follows selects an image.
@@ -36,7 +43,13 @@ pub fn pull(store: &Store, source: &str, tag: Option<&Reference>) -> Result<Vec<
     if path.is_empty() {
         return Err(ImageError::Source { source_name: format!("source {source:?}"), why: "names no path".into() });
     }
-    let want = platform::host();
+    let want = platform.cloned().unwrap_or_else(platform::host);
+    if platform.is_some() && transport == "docker-archive" {
+        return Err(source_err(
+            source,
+            "--platform does not apply: a docker-save archive holds single-platform images",
+        ));
+    }
     let _hold = store.lock_shared()?;
     let imported = match transport {
         "oci" => oci::import_dir(store, Path::new(path), selector, tag, &want)?,

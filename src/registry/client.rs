@@ -44,9 +44,15 @@ pub fn registry_host(r: &Reference) -> String {
 }
 
 fn is_loopback(host: &str) -> bool {
-    let h = host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h);
-    let h = h.trim_start_matches('[').trim_end_matches(']');
-    h == "localhost" || h == "::1" || h.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
+    // `[v6]:port`, a bare v6 address, or `name[:port]`.
+    let h = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or_default()
+    } else if host.matches(':').count() > 1 {
+        host
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn agent(tls_verify: bool, host: &str) -> Agent {
@@ -125,9 +131,30 @@ impl Client {
         &self.host
     }
 
+    /// [`Self::send_once`] with retries: transport errors, 429 and 5xx are retried with
+    /// backoff (0.5 s, 1 s, 2 s).
+    fn send(&self, url: &str, accept: Option<&str>) -> Result<Response<Body>, RegistryError> {
+        self.send_range(url, accept, 0)
+    }
+
+    fn send_range(&self, url: &str, accept: Option<&str>, from: u64) -> Result<Response<Body>, RegistryError> {
+        let mut delay = Duration::from_millis(500);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.send_once(url, accept, from) {
+                Err(e) if attempt < RETRIES && e.is_transient() => {
+                    std::thread::sleep(delay);
+                    delay *= 2;
+                }
+                r => return r,
+            }
+        }
+    }
+
     /// A GET with auth: on 401, answers the challenge once and retries. Redirects are
     /// followed here, and only the registry's own host ever gets the Authorization.
-    fn send(&self, url: &str, accept: Option<&str>) -> Result<Response<Body>, RegistryError> {
+    fn send_once(&self, url: &str, accept: Option<&str>, from: u64) -> Result<Response<Body>, RegistryError> {
         let mut url = url.to_owned();
         let mut answered = false;
         for _ in 0..=MAX_REDIRECTS {
@@ -135,6 +162,9 @@ impl Client {
             let mut req = self.agent.get(&url);
             if let Some(a) = accept {
                 req = req.header("Accept", a);
+            }
+            if from > 0 {
+                req = req.header("Range", format!("bytes={from}-"));
             }
             if same_host {
                 if let Some(a) = self.authorization.lock().map(|g| g.clone()).unwrap_or(None) {
@@ -248,13 +278,53 @@ impl Client {
         Ok((data, ctype))
     }
 
-    /// A blob's content, streamed.
-    pub fn blob(&self, d: &Digest) -> Result<Box<dyn Read + Send>, RegistryError> {
+    /// A blob's content, streamed; a broken download resumes where it stopped (HTTP
+    /// range request, or skipping what we had when the server ignores ranges).
+    pub fn blob(&self, d: &Digest) -> Result<Box<dyn Read + Send + '_>, RegistryError> {
         let url = format!("{}/v2/{}/blobs/{d}", self.base, self.repo);
         let resp = self.send(&url, None)?;
-        Ok(Box::new(resp.into_body().into_reader()))
+        Ok(Box::new(Resuming { client: self, url, body: Box::new(resp.into_body().into_reader()), pos: 0, resumes: 0 }))
     }
 }
+
+const RETRIES: usize = 4;
+
+/// A blob body that reopens itself after a transport error.
+struct Resuming<'a> {
+    client: &'a Client,
+    url: String,
+    body: Box<dyn Read + Send>,
+    pos: u64,
+    resumes: usize,
+}
+
+impl Read for Resuming<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            match self.body.read(buf) {
+                Ok(n) => {
+                    self.pos += n as u64;
+                    return Ok(n);
+                }
+                Err(e) if self.resumes < RETRIES && e.kind() != std::io::ErrorKind::Interrupted => {
+                    self.resumes += 1;
+                    std::thread::sleep(Duration::from_millis(250 << self.resumes));
+                    let resp = self.client.send_range(&self.url, None, self.pos).map_err(std::io::Error::other)?;
+                    let partial = resp.status().as_u16() == 206;
+                    let mut body: Box<dyn Read + Send> = Box::new(resp.into_body().into_reader());
+                    if !partial {
+                        // The server sent the whole blob again: skip what we have.
+                        std::io::copy(&mut (&mut body).take(self.pos), &mut std::io::sink())?;
+                    }
+                    self.body = body;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+impl Client {}
 
 fn http_error(url: &str, resp: Response<Body>) -> RegistryError {
     let status = resp.status().as_u16();

@@ -32,6 +32,17 @@ pub enum RegistryError {
     DigestMismatch { reference: String, expected: Digest, actual: Digest },
 }
 
+impl RegistryError {
+    /// Worth another try: the network, rate limits, a server error.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RegistryError::Transport { .. } => true,
+            RegistryError::Http { status, .. } => *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
+}
+
 pub struct PullOptions {
     pub platform: Option<Platform>,
     pub tls_verify: bool,
@@ -86,6 +97,9 @@ pub fn pull(store: &Store, r: &Reference, opts: &PullOptions) -> Result<Imported
     let want = opts.platform.clone().unwrap_or_else(platform::host);
     let _hold = store.lock_shared()?;
     let resolved = import::resolve(&remote, &desc, &want)?;
+    if opts.platform.is_some() {
+        import::check_platform(&remote, &resolved, &want)?;
+    }
     let names: Vec<Reference> = match r.tag() {
         Some(t) => vec![r.with_tag(t)?],
         None => Vec::new(),

@@ -291,6 +291,11 @@ fn make_tty(app: &AppOptions) -> Result<(), Failure> {
 pub fn exec_main(mut cfg: ExecChild) -> ! {
     let r = (|| -> Result<Never, Failure> {
         nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+        // The parent (`coracle exec`) lives outside this PID namespace: getppid() is 0
+        // while it lives and the container's init (1) once it died before the prctl.
+        if nix::unistd::getppid().as_raw() != 0 {
+            return Err(Failure(EXIT_SETUP, "coracle exec died".into()));
+        }
         place_pipes(cfg.pipes.take().ok_or(Failure(EXIT_SETUP, "pipes already taken".into()))?)?;
         let passwd = rootfs::read_small("/etc/passwd", 4 << 20)?.unwrap_or_default();
         let group = rootfs::read_small("/etc/group", 4 << 20)?.unwrap_or_default();

@@ -36,10 +36,11 @@ fn setup(what: &str, e: impl std::fmt::Display) -> RunError {
 pub fn exec(state_dir: &Path, r: ExecRequest) -> Result<Outcome, RunError> {
     let s = state::find(state_dir, &r.container)
         .map_err(|e| setup("read state", e))?
-        .ok_or_else(|| setup("exec", format!("no running container {:?}", r.container)))?;
-    let pidfd = sys::pidfd_open(s.init_pid).map_err(|_| setup("exec", format!("container {} has exited", s.name)))?;
+        .ok_or_else(|| RunError { code: EXIT_SETUP, message: format!("no running container {:?}", r.container) })?;
+    let pidfd = sys::pidfd_open(s.init_pid)
+        .map_err(|_| RunError { code: EXIT_SETUP, message: format!("container {} has exited", s.name) })?;
     if !matches!(state::find(state_dir, &s.id), Ok(Some(again)) if again.init_pid == s.init_pid) {
-        return Err(setup("exec", format!("container {} has exited", s.name)));
+        return Err(RunError { code: EXIT_SETUP, message: format!("container {} has exited", s.name) });
     }
     let mut env: Vec<(String, String)> =
         s.env.iter().filter_map(|e| e.split_once('=')).map(|(k, v)| (k.to_owned(), v.to_owned())).collect();
@@ -58,7 +59,7 @@ pub fn exec(state_dir: &Path, r: ExecRequest) -> Result<Outcome, RunError> {
         env.push(("TERM".into(), "xterm".into()));
     }
     if r.args.is_empty() {
-        return Err(setup("exec", "no command given"));
+        return Err(RunError { code: EXIT_SETUP, message: "no command given".into() });
     }
     let process = Process {
         args: r.args.clone(),

@@ -95,6 +95,12 @@ pub fn run(l: Launch) -> Result<Outcome, RunError> {
     let id = random_id().map_err(|e| RunError::setup("container id", e))?;
     let hostname = l.hostname.clone().unwrap_or_else(host_hostname);
     let name = l.name.clone().unwrap_or_else(|| id[..12].to_owned());
+    // A --name must be free among running containers; the names lock is held until our
+    // state exists, so two runs with one name cannot both start.
+    let name_lock = match &l.name {
+        Some(n) => Some(claim_name(&l.state_dir, n)?),
+        None => None,
+    };
 
     // Under the shared store lock: pin the layers (gc skips layers whose lock a running
     // container holds) and create the scratch dir (locked: gc skips it while we live).
@@ -142,7 +148,7 @@ pub fn run(l: Launch) -> Result<Outcome, RunError> {
     let mut old_mask = SigSet::empty();
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), Some(&mut old_mask))
         .map_err(|e| RunError::setup("block signals", e))?;
-    let result = launch(&l, overlay, dir.join("rootfs"), plan, hostname, &id, &name);
+    let result = launch(&l, overlay, dir.join("rootfs"), plan, hostname, &id, &name, name_lock);
     let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
     drop(layer_locks);
     drop(scratch);
@@ -162,6 +168,7 @@ fn launch(
     hostname: String,
     id: &str,
     name: &str,
+    name_lock: Option<Lock>,
 ) -> Result<Outcome, RunError> {
     let sfd = SignalFd::with_flags(&SigSet::all(), SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(|e| RunError::setup("signalfd", e))?;
@@ -248,7 +255,11 @@ fn launch(
                 env: l.process.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
                 cwd: l.process.cwd.clone(),
                 user: l.process.user.clone(),
-                caps: l.caps.iter().map(|c| c.to_string()).collect(),
+                caps: {
+                    let mut c: Vec<String> = l.caps.iter().map(|c| c.to_string()).collect();
+                    c.sort();
+                    c
+                },
                 privileged: plan.privileged,
             };
             Some(state::create(&l.state_dir, &s).map_err(|e| RunError::setup("write state", e))?)
@@ -256,8 +267,37 @@ fn launch(
         None => None,
     };
 
+    drop(name_lock);
     let init_status = supervise(&sfd, &pidfd, master.as_ref(), l.interactive)?;
+    // The pid file names a process that is gone now: remove it (if it is still ours).
+    if let (Some(p), Some(pid)) = (&l.pid_file, app_pid) {
+        if fs::read_to_string(p).is_ok_and(|c| c.trim() == pid.to_string()) {
+            let _ = fs::remove_file(p);
+        }
+    }
     outcome(init_status, error_r, Some(status_r))
+}
+
+/// Takes the names lock of the state dir and checks `name` is free.
+fn claim_name(state_dir: &Path, name: &str) -> Result<Lock, RunError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(state_dir)
+        .map_err(|e| RunError::setup("create state dir", e))?;
+    let lock = Lock::exclusive(&state_dir.join("names.lock")).map_err(|e| RunError::setup("lock names", e))?;
+    if let Some(other) =
+        state::list(state_dir).map_err(|e| RunError::setup("read state", e))?.into_iter().find(|s| s.name == name)
+    {
+        return Err(RunError {
+            code: EXIT_SETUP,
+            message: format!(
+                "the name {name:?} is in use by running container {} (stop it, or choose another name)",
+                &other.id[..12]
+            ),
+        });
+    }
+    Ok(lock)
 }
 
 /// Forwards signals to `pidfd`'s process and relays the pty until that process exits;

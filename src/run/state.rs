@@ -81,10 +81,12 @@ fn scan(state_dir: &Path) -> io::Result<(Vec<State>, Vec<String>)> {
         let dir = e.path();
         let Ok(f) = File::open(dir.join("state.json")) else {
             // No state file: a run that died while creating it, or foreign junk we leave.
-            if dir.join("state.json.tmp").exists()
-                && !locked(&dir.join("state.json.tmp"))
-                && fs::remove_dir_all(&dir).is_ok()
-            {
+            // A run writes state.json.tmp and locks it a moment after creating it: only
+            // a stale one (a run killed in between) is debris.
+            let tmp = dir.join("state.json.tmp");
+            let stale =
+                tmp.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|e| e.as_secs() > 10));
+            if stale && !locked(&tmp) && fs::remove_dir_all(&dir).is_ok() {
                 dead.push(e.file_name().to_string_lossy().into_owned());
             }
             continue;
