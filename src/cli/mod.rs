@@ -7,6 +7,7 @@ mod gc;
 mod images;
 mod import;
 mod inspect;
+mod login;
 mod output;
 mod ps;
 mod run;
@@ -53,6 +54,10 @@ enum Command {
     Run(Box<run::RunArgs>),
     /// Run a command in a running container
     Exec(exec::ExecArgs),
+    /// Log in to a registry (credentials stored in the containers auth.json)
+    Login(login::LoginArgs),
+    /// Remove a registry's stored credentials
+    Logout(login::LogoutArgs),
     /// List running containers
     Ps(ps::PsArgs),
     /// Send a signal to a running container (default SIGKILL)
@@ -123,6 +128,8 @@ fn command_name(c: &Command) -> &'static str {
         Command::Gc => "gc",
         Command::Run(_) => "run",
         Command::Ps(_) => "ps",
+        Command::Login(_) => "login",
+        Command::Logout(_) => "logout",
         Command::Exec(_) => "exec",
         Command::Kill(_) => "kill",
         Command::Stop(_) => "stop",
@@ -131,6 +138,12 @@ fn command_name(c: &Command) -> &'static str {
 }
 
 fn run(cli: Cli) -> CmdResult {
+    // Commands that never touch the store.
+    match cli.command {
+        Command::Login(a) => return login::login(a),
+        Command::Logout(a) => return login::logout(a),
+        _ => {}
+    }
     let store = Store::open(&cli.root)?;
     match cli.command {
         Command::Pull(a) => import::pull(&store, a),
@@ -143,6 +156,7 @@ fn run(cli: Cli) -> CmdResult {
         Command::Gc => gc::gc(&store, &cli.state),
         Command::Run(a) => run::run(&store, cli.state, *a),
         Command::Ps(a) => ps::ps(&cli.state, a),
+        Command::Login(_) | Command::Logout(_) => unreachable!("handled above"),
         Command::Exec(a) => exec::exec(&cli.state, a),
         Command::Kill(a) => ps::kill(&cli.state, a),
         Command::Stop(a) => ps::stop(&cli.state, a),

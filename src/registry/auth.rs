@@ -64,9 +64,7 @@ fn auth_files() -> Vec<PathBuf> {
     if let Some(f) = std::env::var_os("REGISTRY_AUTH_FILE") {
         v.push(PathBuf::from(f));
     }
-    if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR") {
-        v.push(PathBuf::from(d).join("containers/auth.json"));
-    }
+    v.push(write_file());
     if let Some(h) = std::env::var_os("HOME") {
         v.push(PathBuf::from(h).join(".docker/config.json"));
     }
@@ -84,7 +82,20 @@ fn keys_for(host: &str) -> Vec<String> {
     k
 }
 
-/// `(user, password)` for `host` from the first auth file that has it.
+/// Where `coracle login` writes, as podman does: `$REGISTRY_AUTH_FILE`, else
+/// `$XDG_RUNTIME_DIR/containers/auth.json`, else `/run/containers/<uid>/auth.json`.
+pub fn write_file() -> PathBuf {
+    if let Some(f) = std::env::var_os("REGISTRY_AUTH_FILE") {
+        return PathBuf::from(f);
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) => PathBuf::from(d).join("containers/auth.json"),
+        None => PathBuf::from(format!("/run/containers/{}/auth.json", nix::unistd::geteuid())),
+    }
+}
+
+/// `(user, password)` for `host` from the first auth file that has it, or from the
+/// credential helper a docker config names (`credHelpers.<host>`, else `credsStore`).
 pub fn credentials(host: &str) -> Option<(String, String)> {
     for f in auth_files() {
         let Ok(data) = std::fs::read(&f) else { continue };
@@ -95,9 +106,72 @@ pub fn credentials(host: &str) -> Option<(String, String)> {
                     return Some(c);
                 }
             }
+            if let Some(helper) = v["credHelpers"][&k].as_str() {
+                return helper_get(helper, &k);
+            }
+        }
+        if let Some(helper) = v["credsStore"].as_str() {
+            if let Some(c) = keys_for(host).iter().find_map(|k| helper_get(helper, k)) {
+                return Some(c);
+            }
         }
     }
     None
+}
+
+/// `docker-credential-NAME get` with the server URL on stdin (docker's credential
+/// helper protocol): `{"Username": …, "Secret": …}` on stdout.
+fn helper_get(name: &str, server: &str) -> Option<(String, String)> {
+    use std::io::Write;
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') {
+        return None;
+    }
+    let mut child = std::process::Command::new(format!("docker-credential-{name}"))
+        .arg("get")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    child.stdin.take()?.write_all(server.as_bytes()).ok()?;
+    let out = child.wait_with_output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    Some((v["Username"].as_str()?.to_owned(), v["Secret"].as_str()?.to_owned()))
+}
+
+/// Stores (or with `None`, removes) the credentials of `host` in the login file,
+/// atomically and readable by the owner only. Returns whether an entry was removed.
+pub fn store(host: &str, creds: Option<(&str, &str)>) -> std::io::Result<bool> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let file = write_file();
+    let dir = file.parent().unwrap_or(std::path::Path::new("/"));
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let mut v: serde_json::Value = match std::fs::read(&file) {
+        Ok(data) => {
+            serde_json::from_slice(&data).map_err(|e| std::io::Error::other(format!("{}: {e}", file.display())))?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => serde_json::json!({}),
+        Err(e) => return Err(e),
+    };
+    if !v["auths"].is_object() {
+        v["auths"] = serde_json::json!({});
+    }
+    let auths = v["auths"].as_object_mut().expect("object");
+    let removed = auths.remove(host).is_some();
+    if let Some((u, p)) = creds {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+        auths.insert(host.to_owned(), serde_json::json!({ "auth": encoded }));
+    }
+    let tmp = file.with_extension(format!("tmp.{}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    f.write_all(&serde_json::to_vec_pretty(&v).map_err(std::io::Error::other)?)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &file)?;
+    Ok(removed)
 }
 
 fn decode_auth(b64: &str) -> Option<(String, String)> {

@@ -60,6 +60,9 @@ fn agent(tls_verify: bool, host: &str) -> Agent {
     if let Some(roots) = extra_roots(host) {
         tls = tls.root_certs(roots);
     }
+    if let Some(cert) = client_cert(host) {
+        tls = tls.client_cert(Some(cert));
+    }
     let config = Agent::config_builder()
         .http_status_as_error(false)
         .max_redirects(0)
@@ -68,6 +71,32 @@ fn agent(tls_verify: bool, host: &str) -> Agent {
         .tls_config(tls.build())
         .build();
     Agent::new_with_config(config)
+}
+
+/// A client certificate from `certs.d/HOST/`: `NAME.cert` with its key `NAME.key` (the
+/// layout docker and podman use).
+fn client_cert(host: &str) -> Option<ureq::tls::ClientCert> {
+    for base in ["/etc/containers/certs.d", "/etc/docker/certs.d"] {
+        let dir = std::path::Path::new(base).join(host);
+        let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.extension().is_none_or(|x| x != "cert") {
+                continue;
+            }
+            let (Ok(cert), Ok(key)) = (std::fs::read(&p), std::fs::read(p.with_extension("key"))) else { continue };
+            let chain: Vec<_> = ureq::tls::parse_pem(&cert)
+                .filter_map(|i| match i {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                    _ => None,
+                })
+                .collect();
+            if let (false, Ok(key)) = (chain.is_empty(), ureq::tls::PrivateKey::from_pem(&key)) {
+                return Some(ureq::tls::ClientCert::new_with_certs(&chain, key));
+            }
+        }
+    }
+    None
 }
 
 /// The system's trust store plus `*.crt` CAs of `/etc/containers/certs.d/HOST/` and
@@ -129,6 +158,56 @@ impl Client {
 
     pub fn host(&self) -> &str {
         &self.host
+    }
+
+    /// `coracle login`: checks that `creds` are accepted by the registry at `domain`
+    /// (basic auth on /v2/, or a token from the realm it names).
+    pub fn check_login(domain: &str, creds: (String, String), tls_verify: bool) -> Result<(), RegistryError> {
+        let host = if domain == "docker.io" { "registry-1.docker.io".to_owned() } else { domain.to_owned() };
+        let insecure_ok = !tls_verify || is_loopback(&host);
+        let mut last = None;
+        for scheme in ["https", "http"] {
+            if scheme == "http" && !insecure_ok {
+                break;
+            }
+            let c = Client {
+                agent: agent(tls_verify || scheme == "http", &host),
+                base: format!("{scheme}://{host}"),
+                host: host.clone(),
+                repo: String::new(),
+                creds: Some(creds.clone()),
+                authorization: Mutex::new(None),
+            };
+            let url = format!("{}/v2/", c.base);
+            let resp = match c.agent.get(&url).call() {
+                Ok(r) => r,
+                Err(e) => {
+                    last = Some(RegistryError::Transport { url, source: Box::new(e) });
+                    continue;
+                }
+            };
+            if resp.status().is_success() {
+                return Ok(());
+            }
+            let challenge = resp
+                .headers()
+                .get("www-authenticate")
+                .and_then(|v| v.to_str().ok())
+                .and_then(auth::parse_challenge)
+                .ok_or_else(|| RegistryError::Auth(host.clone(), format!("/v2/ answered {}", resp.status())))?;
+            let value = c.answer(&challenge)?;
+            let resp = c
+                .agent
+                .get(&url)
+                .header("Authorization", value)
+                .call()
+                .map_err(|e| RegistryError::Transport { url: url.clone(), source: Box::new(e) })?;
+            return match resp.status().as_u16() {
+                200..=299 => Ok(()),
+                s => Err(RegistryError::Auth(host, format!("credentials refused (HTTP {s})"))),
+            };
+        }
+        Err(last.unwrap_or_else(|| RegistryError::Protocol(host, "no usable scheme".into())))
     }
 
     /// [`Self::send_once`] with retries: transport errors, 429 and 5xx are retried with
@@ -222,7 +301,12 @@ impl Client {
                     .params
                     .get("realm")
                     .ok_or_else(|| RegistryError::Auth(self.host.clone(), "bearer challenge without realm".into()))?;
-                let mut url = format!("{realm}?scope={}", encode(&format!("repository:{}:pull", self.repo)));
+                let mut url = if self.repo.is_empty() {
+                    // A login check: no repository, the account's own token.
+                    format!("{realm}?account={}", encode(self.creds.as_ref().map_or("", |c| c.0.as_str())))
+                } else {
+                    format!("{realm}?scope={}", encode(&format!("repository:{}:pull", self.repo)))
+                };
                 if let Some(s) = c.params.get("service") {
                     url.push_str(&format!("&service={}", encode(s)));
                 }
