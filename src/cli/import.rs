@@ -18,6 +18,9 @@ pub struct PullArgs {
     /// Verify the registry's TLS certificate (false also allows plain HTTP)
     #[arg(long = "tls-verify", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
     pub tls_verify: Option<bool>,
+    /// No progress output (the digest is still printed on stdout)
+    #[arg(short = 'q', long)]
+    quiet: bool,
     /// NAME[:TAG][@DIGEST] or docker://NAME… from a registry; oci:DIR[:REF],
     /// oci-archive:FILE[:REF] or docker-archive:FILE[:NAME:TAG|:@N] from local files
     source: String,
@@ -40,12 +43,31 @@ pub fn parse_platform(s: &str) -> Result<crate::store::images::Platform, Failure
     }
 }
 
-/// Pulls `name` from its registry.
-pub fn pull_registry(store: &Store, name: &str, platform: Option<&str>, tls_verify: bool) -> Result<Imported, Failure> {
+/// Pulls `name` from its registry, with progress on stderr unless `quiet`.
+pub fn pull_registry(
+    store: &Store,
+    name: &str,
+    platform: Option<&str>,
+    tls_verify: bool,
+    quiet: bool,
+) -> Result<Imported, Failure> {
     let r: Reference = name.parse()?;
-    let opts = crate::registry::PullOptions { platform: platform.map(parse_platform).transpose()?, tls_verify };
-    eprintln!("Pulling {r}");
-    let imported = crate::registry::pull(store, &r, &opts)?;
+    let bar = super::progress::PullProgress::new();
+    let report = |p: &crate::registry::Progress| bar.report(p);
+    let opts = crate::registry::PullOptions {
+        platform: platform.map(parse_platform).transpose()?,
+        tls_verify,
+        progress: if quiet { None } else { Some(&report) },
+    };
+    if !quiet {
+        eprintln!("Pulling {r}");
+    }
+    let imported = crate::registry::pull(store, &r, &opts);
+    bar.finish();
+    let imported = imported?;
+    if quiet {
+        return Ok(imported);
+    }
     eprintln!(
         "Pulled {r}: {} layers, {} ({})",
         imported.record.layers.len(),
@@ -79,7 +101,7 @@ pub fn pull(store: &Store, a: PullArgs) -> CmdResult {
             return Err(Failure { code: super::EXIT_ERROR, message: "--tag applies to local sources only".into() });
         }
         let name = a.source.strip_prefix("docker://").unwrap_or(&a.source);
-        let imported = pull_registry(store, name, a.platform.as_deref(), a.tls_verify.unwrap_or(true))?;
+        let imported = pull_registry(store, name, a.platform.as_deref(), a.tls_verify.unwrap_or(true), a.quiet)?;
         println!("{}", imported.record.digest);
         return Ok(0);
     }

@@ -9,6 +9,7 @@ mod import;
 mod inspect;
 mod login;
 mod output;
+mod progress;
 mod ps;
 mod run;
 

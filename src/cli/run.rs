@@ -135,7 +135,7 @@ pub fn run(store: &Store, state: PathBuf, a: RunArgs) -> CmdResult {
             }
             (None, _) => {
                 let name = a.image.strip_prefix("docker://").unwrap_or(&a.image);
-                (super::import::pull_registry(store, name, a.platform.as_deref(), a.tls_verify.unwrap_or(true))?.record, a.image.clone())
+                (super::import::pull_registry(store, name, a.platform.as_deref(), a.tls_verify.unwrap_or(true), false)?.record, a.image.clone())
             }
         }
     };

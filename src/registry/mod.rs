@@ -43,19 +43,59 @@ impl RegistryError {
     }
 }
 
-pub struct PullOptions {
+/// What a pull reports while it runs (the CLI renders it; the library never prints).
+#[derive(Debug, Clone)]
+pub enum Progress {
+    /// The image is resolved: these layers must be downloaded (digest, size).
+    Plan(Vec<(Digest, u64)>),
+    /// Bytes of a layer blob received so far.
+    Bytes(Digest, u64),
+    /// A layer blob is fully received.
+    Done(Digest),
+}
+
+pub type Reporter<'a> = &'a (dyn Fn(&Progress) + Sync);
+
+pub struct PullOptions<'a> {
     pub platform: Option<Platform>,
     pub tls_verify: bool,
+    pub progress: Option<Reporter<'a>>,
 }
 
 /// A repository as a blob source: manifests from `/manifests/`, blobs from `/blobs/`.
-struct Remote {
+struct Remote<'a> {
     client: client::Client,
     name: String,
     documents: Mutex<HashMap<Digest, Vec<u8>>>,
+    progress: Option<Reporter<'a>>,
 }
 
-impl BlobSource for Remote {
+/// Counts a blob's bytes for the progress reporter.
+struct Counted<'a, R> {
+    inner: R,
+    digest: Digest,
+    n: u64,
+    last: u64,
+    finished: bool,
+    report: Reporter<'a>,
+}
+
+impl<R: Read> Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.n += n as u64;
+        if n == 0 && !self.finished {
+            self.finished = true;
+            (self.report)(&Progress::Done(self.digest.clone()));
+        } else if self.n - self.last >= 1 << 20 {
+            self.last = self.n;
+            (self.report)(&Progress::Bytes(self.digest.clone(), self.n));
+        }
+        Ok(n)
+    }
+}
+
+impl BlobSource for Remote<'_> {
     fn name(&self) -> &str {
         &self.name
     }
@@ -63,7 +103,13 @@ impl BlobSource for Remote {
         if let Some(doc) = self.documents.lock().ok().and_then(|m| m.get(d).cloned()) {
             return Ok(Box::new(io::Cursor::new(doc)));
         }
-        self.client.blob(d).map_err(io::Error::other)
+        let body = self.client.blob(d).map_err(io::Error::other)?;
+        Ok(match self.progress {
+            Some(report) => {
+                Box::new(Counted { inner: body, digest: d.clone(), n: 0, last: 0, finished: false, report })
+            }
+            None => body,
+        })
     }
     fn read_manifest(&self, d: &Digest) -> io::Result<Vec<u8>> {
         if let Some(doc) = self.documents.lock().ok().and_then(|m| m.get(d).cloned()) {
@@ -93,12 +139,27 @@ pub fn pull(store: &Store, r: &Reference, opts: &PullOptions) -> Result<Imported
     }
     let desc =
         Descriptor { media_type, digest: digest.clone(), size: bytes.len() as u64, platform: None, annotations: None };
-    let remote = Remote { client, name: name.clone(), documents: Mutex::new(HashMap::from([(digest, bytes)])) };
+    let remote = Remote {
+        client,
+        name: name.clone(),
+        documents: Mutex::new(HashMap::from([(digest, bytes)])),
+        progress: opts.progress,
+    };
     let want = opts.platform.clone().unwrap_or_else(platform::host);
     let _hold = store.lock_shared()?;
     let resolved = import::resolve(&remote, &desc, &want)?;
     if opts.platform.is_some() {
         import::check_platform(&remote, &resolved, &want)?;
+    }
+    if let Some(report) = opts.progress {
+        let missing: Vec<(Digest, u64)> = resolved
+            .manifest
+            .layers
+            .iter()
+            .filter(|l| !store.has_blob(&l.digest))
+            .map(|l| (l.digest.clone(), l.size))
+            .collect();
+        report(&Progress::Plan(missing));
     }
     let names: Vec<Reference> = match r.tag() {
         Some(t) => vec![r.with_tag(t)?],
