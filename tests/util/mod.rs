@@ -6,6 +6,7 @@
 
 #[path = "../../rootfs-fixtures/assemble.rs"]
 pub mod assemble;
+pub mod registry;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
