@@ -18,6 +18,10 @@ pub struct PullArgs {
     /// Verify the registry's TLS certificate (false also allows plain HTTP)
     #[arg(long = "tls-verify", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
     pub tls_verify: Option<bool>,
+    /// Directory with the registry's CA (*.crt) and client certificate (*.cert, *.key),
+    /// instead of /etc/containers/certs.d/HOST and /etc/docker/certs.d/HOST
+    #[arg(long = "cert-dir", value_name = "DIR")]
+    pub cert_dir: Option<std::path::PathBuf>,
     /// No progress output (the digest is still printed on stdout)
     #[arg(short = 'q', long)]
     quiet: bool,
@@ -48,7 +52,7 @@ pub fn pull_registry(
     store: &Store,
     name: &str,
     platform: Option<&str>,
-    tls_verify: bool,
+    tls: crate::registry::client::Tls,
     quiet: bool,
 ) -> Result<Imported, Failure> {
     let r: Reference = name.parse()?;
@@ -56,12 +60,9 @@ pub fn pull_registry(
     let report = |p: &crate::registry::Progress| bar.report(p);
     let opts = crate::registry::PullOptions {
         platform: platform.map(parse_platform).transpose()?,
-        tls_verify,
+        tls,
         progress: if quiet { None } else { Some(&report) },
     };
-    if !quiet {
-        eprintln!("Pulling {r}");
-    }
     let imported = crate::registry::pull(store, &r, &opts);
     bar.finish();
     let imported = imported?;
@@ -101,12 +102,16 @@ pub fn pull(store: &Store, a: PullArgs) -> CmdResult {
             return Err(Failure { code: super::EXIT_ERROR, message: "--tag applies to local sources only".into() });
         }
         let name = a.source.strip_prefix("docker://").unwrap_or(&a.source);
-        let imported = pull_registry(store, name, a.platform.as_deref(), a.tls_verify.unwrap_or(true), a.quiet)?;
+        let tls = crate::registry::client::Tls { verify: a.tls_verify.unwrap_or(true), cert_dir: a.cert_dir.clone() };
+        let imported = pull_registry(store, name, a.platform.as_deref(), tls, a.quiet)?;
         println!("{}", imported.record.digest);
         return Ok(0);
     }
-    if a.tls_verify.is_some() {
-        return Err(Failure { code: super::EXIT_ERROR, message: "--tls-verify applies to registries only".into() });
+    if a.tls_verify.is_some() || a.cert_dir.is_some() {
+        return Err(Failure {
+            code: super::EXIT_ERROR,
+            message: "--tls-verify and --cert-dir apply to registries only".into(),
+        });
     }
     let platform = a.platform.as_deref().map(parse_platform).transpose()?;
     let imported = image::pull(store, &a.source, a.tag.as_ref(), platform.as_ref())?;

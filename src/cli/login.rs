@@ -19,6 +19,9 @@ pub struct LoginArgs {
     /// Verify the registry's TLS certificate (false also allows plain HTTP)
     #[arg(long = "tls-verify", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
     tls_verify: Option<bool>,
+    /// Directory with the registry's CA and client certificate (see `coracle pull --cert-dir`)
+    #[arg(long = "cert-dir", value_name = "DIR")]
+    cert_dir: Option<std::path::PathBuf>,
     /// The registry: HOST[:PORT] (docker.io for Docker Hub)
     registry: String,
 }
@@ -82,7 +85,8 @@ pub fn login(a: LoginArgs) -> CmdResult {
     if user.is_empty() || password.is_empty() {
         return Err(fail("user name and password must not be empty".into()));
     }
-    Client::check_login(&key, (user.clone(), password.clone()), a.tls_verify.unwrap_or(true))?;
+    let tls = crate::registry::client::Tls { verify: a.tls_verify.unwrap_or(true), cert_dir: a.cert_dir };
+    Client::check_login(&key, (user.clone(), password.clone()), &tls)?;
     auth::store(&key, Some((&user, &password)))
         .map_err(|e| fail(format!("write {}: {e}", auth::write_file().display())))?;
     println!("Login Succeeded");

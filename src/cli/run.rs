@@ -100,6 +100,9 @@ pub struct RunArgs {
     /// Verify the registry's TLS certificate when pulling (false also allows plain HTTP)
     #[arg(long = "tls-verify", num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
     tls_verify: Option<bool>,
+    /// Directory with the registry's CA and client certificate (see `coracle pull --cert-dir`)
+    #[arg(long = "cert-dir", value_name = "DIR")]
+    cert_dir: Option<PathBuf>,
     /// The image: a name, ID or digest in the store, or oci:DIR[:REF], oci-archive:FILE[:REF], docker-archive:FILE[:NAME:TAG]
     image: String,
     /// The command and its arguments (default: the image's ENTRYPOINT and CMD)
@@ -109,8 +112,8 @@ pub struct RunArgs {
 
 pub fn run(store: &Store, state: PathBuf, a: RunArgs) -> CmdResult {
     let (record, image_name) = if super::import::LOCAL_TRANSPORTS.iter().any(|t| a.image.starts_with(t)) {
-        if a.tls_verify.is_some() {
-            return Err(fail("--tls-verify applies to registries only".into()));
+        if a.tls_verify.is_some() || a.cert_dir.is_some() {
+            return Err(fail("--tls-verify and --cert-dir apply to registries only".into()));
         }
         let platform = a.platform.as_deref().map(super::import::parse_platform).transpose()?;
         let imported = image::pull(store, &a.image, None, platform.as_ref())?;
@@ -135,7 +138,10 @@ pub fn run(store: &Store, state: PathBuf, a: RunArgs) -> CmdResult {
             }
             (None, _) => {
                 let name = a.image.strip_prefix("docker://").unwrap_or(&a.image);
-                (super::import::pull_registry(store, name, a.platform.as_deref(), a.tls_verify.unwrap_or(true), false)?.record, a.image.clone())
+                {
+                    let tls = crate::registry::client::Tls { verify: a.tls_verify.unwrap_or(true), cert_dir: a.cert_dir.clone() };
+                    (super::import::pull_registry(store, name, a.platform.as_deref(), tls, false)?.record, a.image.clone())
+                }
             }
         }
     };

@@ -153,7 +153,11 @@ pub fn import_manifest(
     ready: Vec<PendingLayer>,
 ) -> Result<Imported> {
     let m = &r.manifest;
-    let cfg_bytes = src.read_document(&m.config.digest).map_err(|e| source_err(src.name(), e))?;
+    // A config already in the store (verified when it was committed) is not fetched again.
+    let cfg_bytes = match store.read_blob(&m.config.digest) {
+        Ok(b) => b,
+        Err(_) => src.read_document(&m.config.digest).map_err(|e| source_err(src.name(), e))?,
+    };
     let cfg_len = cfg_bytes.len() as u64;
     crate::store::blobs::verify(&m.config.digest, Some(m.config.size), &Digest::of(&cfg_bytes), cfg_len)?;
     let cfg = config::parse(&m.config.digest, &cfg_bytes)?;

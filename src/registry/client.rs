@@ -55,12 +55,35 @@ fn is_loopback(host: &str) -> bool {
     h == "localhost" || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-fn agent(tls_verify: bool, host: &str) -> Agent {
-    let mut tls = TlsConfig::builder().disable_verification(!tls_verify);
-    if let Some(roots) = extra_roots(host) {
+/// TLS settings of a pull or login.
+#[derive(Debug, Clone, Default)]
+pub struct Tls {
+    /// Verify certificates (false also allows plain HTTP).
+    pub verify: bool,
+    /// `--cert-dir`: CAs (`*.crt`) and client certificates (`*.cert`/`*.key`) for this
+    /// registry, instead of `/etc/containers/certs.d/HOST` and `/etc/docker/certs.d/HOST`.
+    pub cert_dir: Option<std::path::PathBuf>,
+}
+
+impl Tls {
+    fn dirs(&self, host: &str) -> Vec<std::path::PathBuf> {
+        match &self.cert_dir {
+            Some(d) => vec![d.clone()],
+            None => ["/etc/containers/certs.d", "/etc/docker/certs.d"]
+                .iter()
+                .map(|b| std::path::Path::new(b).join(host))
+                .collect(),
+        }
+    }
+}
+
+fn agent(tls: &Tls, verify: bool, host: &str) -> Agent {
+    let dirs = tls.dirs(host);
+    let mut tls = TlsConfig::builder().disable_verification(!verify);
+    if let Some(roots) = extra_roots(&dirs) {
         tls = tls.root_certs(roots);
     }
-    if let Some(cert) = client_cert(host) {
+    if let Some(cert) = client_cert(&dirs) {
         tls = tls.client_cert(Some(cert));
     }
     let config = Agent::config_builder()
@@ -75,10 +98,9 @@ fn agent(tls_verify: bool, host: &str) -> Agent {
 
 /// A client certificate from `certs.d/HOST/`: `NAME.cert` with its key `NAME.key` (the
 /// layout docker and podman use).
-fn client_cert(host: &str) -> Option<ureq::tls::ClientCert> {
-    for base in ["/etc/containers/certs.d", "/etc/docker/certs.d"] {
-        let dir = std::path::Path::new(base).join(host);
-        let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+fn client_cert(dirs: &[std::path::PathBuf]) -> Option<ureq::tls::ClientCert> {
+    for dir in dirs {
+        let Ok(rd) = std::fs::read_dir(dir) else { continue };
         for e in rd.flatten() {
             let p = e.path();
             if p.extension().is_none_or(|x| x != "cert") {
@@ -101,10 +123,10 @@ fn client_cert(host: &str) -> Option<ureq::tls::ClientCert> {
 
 /// The system's trust store plus `*.crt` CAs of `/etc/containers/certs.d/HOST/` and
 /// `/etc/docker/certs.d/HOST/`, when such a directory has any.
-fn extra_roots(host: &str) -> Option<RootCerts> {
+fn extra_roots(dirs: &[std::path::PathBuf]) -> Option<RootCerts> {
     let mut extra = Vec::new();
-    for base in ["/etc/containers/certs.d", "/etc/docker/certs.d"] {
-        let Ok(rd) = std::fs::read_dir(std::path::Path::new(base).join(host)) else { continue };
+    for dir in dirs {
+        let Ok(rd) = std::fs::read_dir(dir) else { continue };
         for e in rd.flatten() {
             if e.path().extension().is_some_and(|x| x == "crt") {
                 if let Ok(pem) = std::fs::read(e.path()) {
@@ -129,7 +151,8 @@ fn extra_roots(host: &str) -> Option<RootCerts> {
 
 impl Client {
     /// Connects to the registry of `r` and finds out how to talk to it (scheme, auth).
-    pub fn connect(r: &Reference, tls_verify: bool) -> Result<Client, RegistryError> {
+    pub fn connect(r: &Reference, tls: &Tls) -> Result<Client, RegistryError> {
+        let tls_verify = tls.verify;
         let host = registry_host(r);
         let creds = auth::credentials(r.domain()).or_else(|| auth::credentials(&host));
         let insecure_ok = !tls_verify || is_loopback(&host);
@@ -139,18 +162,23 @@ impl Client {
                 break;
             }
             let c = Client {
-                agent: agent(tls_verify || scheme == "http", &host),
+                agent: agent(tls, tls_verify || scheme == "http", &host),
                 base: format!("{scheme}://{host}"),
                 host: host.clone(),
                 repo: r.path().to_owned(),
                 creds: creds.clone(),
                 authorization: Mutex::new(None),
             };
-            match c.send(&format!("{}/v2/", c.base), None) {
-                Ok(_) => return Ok(c),
+            match (c.send(&format!("{}/v2/", c.base), None), last_err.take()) {
+                (Ok(_), _) => return Ok(c),
                 // Only a transport failure (TLS handshake, refused) falls back to HTTP.
-                Err(e @ RegistryError::Transport { .. }) => last_err = Some(e),
-                Err(e) => return Err(e),
+                (Err(e @ RegistryError::Transport { .. }), None) => last_err = Some(e),
+                // Both failed: the HTTPS error is the one that explains (a TLS server
+                // answers plain HTTP with 400).
+                (Err(e), Some(https)) => {
+                    return Err(RegistryError::Protocol(host, format!("{https} (and over plain HTTP: {e})")))
+                }
+                (Err(e), None) => return Err(e),
             }
         }
         Err(last_err.unwrap_or_else(|| RegistryError::Protocol(host, "no usable scheme".into())))
@@ -162,7 +190,8 @@ impl Client {
 
     /// `coracle login`: checks that `creds` are accepted by the registry at `domain`
     /// (basic auth on /v2/, or a token from the realm it names).
-    pub fn check_login(domain: &str, creds: (String, String), tls_verify: bool) -> Result<(), RegistryError> {
+    pub fn check_login(domain: &str, creds: (String, String), tls: &Tls) -> Result<(), RegistryError> {
+        let tls_verify = tls.verify;
         let host = if domain == "docker.io" { "registry-1.docker.io".to_owned() } else { domain.to_owned() };
         let insecure_ok = !tls_verify || is_loopback(&host);
         let mut last = None;
@@ -171,7 +200,7 @@ impl Client {
                 break;
             }
             let c = Client {
-                agent: agent(tls_verify || scheme == "http", &host),
+                agent: agent(tls, tls_verify || scheme == "http", &host),
                 base: format!("{scheme}://{host}"),
                 host: host.clone(),
                 repo: String::new(),
@@ -235,7 +264,7 @@ impl Client {
     /// followed here, and only the registry's own host ever gets the Authorization.
     fn send_once(&self, url: &str, accept: Option<&str>, from: u64) -> Result<Response<Body>, RegistryError> {
         let mut url = url.to_owned();
-        let mut answered = false;
+        let mut answers = 0;
         for _ in 0..=MAX_REDIRECTS {
             let same_host = url.starts_with(&format!("{}/", self.base));
             let mut req = self.agent.get(&url);
@@ -258,8 +287,10 @@ impl Client {
                     let loc = resp.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or_default();
                     url = join_url(&url, loc);
                 }
-                401 if same_host && !answered => {
-                    answered = true;
+                // A token may be refused once more (expired between issue and use):
+                // answer a second challenge with a fresh one.
+                401 if same_host && answers < 2 => {
+                    answers += 1;
                     let challenge = resp
                         .headers()
                         .get("www-authenticate")

@@ -58,7 +58,7 @@ pub type Reporter<'a> = &'a (dyn Fn(&Progress) + Sync);
 
 pub struct PullOptions<'a> {
     pub platform: Option<Platform>,
-    pub tls_verify: bool,
+    pub tls: client::Tls,
     pub progress: Option<Reporter<'a>>,
 }
 
@@ -124,7 +124,7 @@ impl BlobSource for Remote<'_> {
 pub fn pull(store: &Store, r: &Reference, opts: &PullOptions) -> Result<Imported, ImageError> {
     let name = r.to_string();
     let reg = |e: RegistryError| ImageError::Source { source_name: name.clone(), why: e.to_string() };
-    let client = client::Client::connect(r, opts.tls_verify).map_err(reg)?;
+    let client = client::Client::connect(r, &opts.tls).map_err(reg)?;
     let wanted = r.digest().map_or_else(|| r.tag().unwrap_or("latest").to_owned(), Digest::to_string);
     let (bytes, media_type) = client.manifest(&wanted).map_err(reg)?;
     let digest = Digest::of(&bytes);
