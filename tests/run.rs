@@ -102,8 +102,9 @@ impl Fx {
         names(&self.env.root().join("containers"))
     }
 
+    /// Container entries of the state dir (`names.lock` is the dir's own lock file).
     fn state_entries(&self) -> Vec<String> {
-        names(&self.env.path("state"))
+        names(&self.env.path("state")).into_iter().filter(|n| n != "names.lock").collect()
     }
 }
 
@@ -929,7 +930,7 @@ fn exec_errors_and_missing_images() {
     let o = fx.run(&["--no-init", "fix", "nosuchcommand"]);
     assert_fails(&o, 127, "coracle: run: exec nosuchcommand");
 
-    let o = fx.run(&["not-pulled", "/bin/probe", "pid"]);
+    let o = fx.run(&["--pull", "never", "not-pulled", "/bin/probe", "pid"]);
     o.assert_error("coracle pull");
     assert!(fx.store_containers().is_empty() && fx.state_entries().is_empty());
 
