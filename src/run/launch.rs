@@ -239,9 +239,6 @@ fn launch(
     };
     let _state = match app_pid {
         Some(pid) => {
-            if let Some(p) = &l.pid_file {
-                write_pid_file(p, pid).map_err(|e| RunError::setup(&format!("write pid file {}", p.display()), e))?;
-            }
             let s = State {
                 id: id.to_owned(),
                 name: name.to_owned(),
@@ -262,7 +259,12 @@ fn launch(
                 },
                 privileged: plan.privileged,
             };
-            Some(state::create(&l.state_dir, &s).map_err(|e| RunError::setup("write state", e))?)
+            let held = state::create(&l.state_dir, &s).map_err(|e| RunError::setup("write state", e))?;
+            // The pid file last: whoever waits for it finds the container in `ps` too.
+            if let Some(p) = &l.pid_file {
+                write_pid_file(p, pid).map_err(|e| RunError::setup(&format!("write pid file {}", p.display()), e))?;
+            }
+            Some(held)
         }
         None => None,
     };
