@@ -198,3 +198,33 @@ fn zstd_layers_and_one_download_per_layer_for_concurrent_pulls() {
     assert!(env.run(&["fsck"]).status());
     let _ = Command::new("true").status();
 }
+
+/// registries.conf: a mirror serves the image of a registry that has not got it; the
+/// image keeps the name asked for.
+#[test]
+fn registries_conf_mirror_is_tried_first() {
+    let origin = Registry::start(RegistryOptions::default());
+    let mirror = Registry::start(RegistryOptions::default());
+    let img = image("mirrored", "amd64");
+    mirror.push_image(&img, "cache/team/app:1");
+    let env = Env::new();
+    let conf = env.path("registries.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[[registry]]\nlocation = \"{}\"\n\n[[registry.mirror]]\nlocation = \"{}/cache\"\ninsecure = true\n",
+            origin.addr(),
+            mirror.addr()
+        ),
+    )
+    .unwrap();
+    let name = format!("{}/team/app:1", origin.addr());
+    let mut c = env.cmd();
+    c.args(["pull", &name]).env("CONTAINERS_REGISTRIES_CONF", &conf).env("REGISTRY_AUTH_FILE", env.path("auth.json"));
+    let o = Out(c.output().unwrap());
+    assert!(o.status(), "{}", o.stderr());
+    assert_eq!(o.stdout().trim(), img.manifest.digest);
+    assert_eq!(env.inspect(&name)["names"], serde_json::json!([name]));
+    // Without the mirror the origin has nothing.
+    pull(&env, &[&name]).assert_error("HTTP 404");
+}

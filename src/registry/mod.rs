@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod mirrors;
 
 use std::collections::HashMap;
 use std::io::{self, Read};
@@ -124,9 +125,30 @@ impl BlobSource for Remote<'_> {
 pub fn pull(store: &Store, r: &Reference, opts: &PullOptions) -> Result<Imported, ImageError> {
     let name = r.to_string();
     let reg = |e: RegistryError| ImageError::Source { source_name: name.clone(), why: e.to_string() };
-    let client = client::Client::connect(r, &opts.tls).map_err(reg)?;
     let wanted = r.digest().map_or_else(|| r.tag().unwrap_or("latest").to_owned(), Digest::to_string);
-    let (bytes, media_type) = client.manifest(&wanted).map_err(reg)?;
+    // Mirrors (registries.conf) first, then the registry itself: the first that serves
+    // the manifest serves the whole pull.
+    let candidates = mirrors::candidates(r).map_err(|e| reg(RegistryError::Protocol("registries.conf".into(), e)))?;
+    let mut last = None;
+    let mut found = None;
+    for c in &candidates {
+        let tls = client::Tls { verify: opts.tls.verify && !c.insecure, cert_dir: opts.tls.cert_dir.clone() };
+        match client::Client::connect(&c.reference, &tls).and_then(|cl| cl.manifest(&wanted).map(|m| (cl, m))) {
+            Ok(ok) => {
+                found = Some(ok);
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let (client, (bytes, media_type)) = match found {
+        Some(f) => f,
+        None => {
+            return Err(reg(
+                last.unwrap_or_else(|| RegistryError::Protocol(name.clone(), "nowhere to pull from".into()))
+            ))
+        }
+    };
     let digest = Digest::of(&bytes);
     if let Some(expected) = r.digest() {
         if *expected != digest {
