@@ -89,7 +89,10 @@ fn agent(tls: &Tls, verify: bool, host: &str) -> Agent {
     let config = Agent::config_builder()
         .http_status_as_error(false)
         .max_redirects(0)
-        .timeout_connect(Some(Duration::from_secs(30)))
+        .timeout_connect(Some(CONNECT_TIMEOUT))
+        // Headers must come within this time for every request; small documents
+        // (manifests, tokens) must also arrive whole within it (see `send_once`).
+        .timeout_recv_response(Some(DOCUMENT_TIMEOUT))
         .user_agent(concat!("coracle/", env!("CARGO_PKG_VERSION")))
         .tls_config(tls.build())
         .build();
@@ -268,6 +271,10 @@ impl Client {
         for _ in 0..=MAX_REDIRECTS {
             let same_host = url.starts_with(&format!("{}/", self.base));
             let mut req = self.agent.get(&url);
+            if accept.is_some() {
+                // A manifest: small, so its whole body must arrive in time too.
+                req = req.config().timeout_recv_body(Some(DOCUMENT_TIMEOUT)).build();
+            }
             if let Some(a) = accept {
                 req = req.header("Accept", a);
             }
@@ -341,7 +348,7 @@ impl Client {
                 if let Some(s) = c.params.get("service") {
                     url.push_str(&format!("&service={}", encode(s)));
                 }
-                let mut req = self.agent.get(&url);
+                let mut req = self.agent.get(&url).config().timeout_recv_body(Some(DOCUMENT_TIMEOUT)).build();
                 if let Some((u, p)) = &self.creds {
                     req = req.header("Authorization", auth::basic(u, p));
                 }
@@ -367,10 +374,13 @@ impl Client {
         }
     }
 
-    /// A manifest or index by tag or digest: its bytes and media type.
+    /// A manifest or index by tag or digest: its bytes and media type. A
+    /// `Docker-Content-Digest` header, when the registry sends one, must match the bytes.
     pub fn manifest(&self, reference: &str) -> Result<(Vec<u8>, String), RegistryError> {
         let url = format!("{}/v2/{}/manifests/{reference}", self.base, self.repo);
         let resp = self.send(&url, Some(ACCEPT))?;
+        let header_digest =
+            resp.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).map(str::to_owned);
         let ctype = resp
             .headers()
             .get("content-type")
@@ -390,6 +400,17 @@ impl Client {
                 format!("manifest {reference} is larger than {MAX_MANIFEST} bytes"),
             ));
         }
+        if let Some(claimed) = header_digest {
+            let actual = Digest::of(&data);
+            if claimed.parse::<Digest>().map_or(true, |d| d != actual) {
+                return Err(RegistryError::Protocol(
+                    self.host.clone(),
+                    format!(
+                        "manifest {reference}: Docker-Content-Digest says {claimed}, the content hashes to {actual}"
+                    ),
+                ));
+            }
+        }
         Ok((data, ctype))
     }
 
@@ -403,6 +424,8 @@ impl Client {
 }
 
 const RETRIES: usize = 4;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const DOCUMENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A blob body that reopens itself after a transport error.
 struct Resuming<'a> {
