@@ -53,7 +53,7 @@ pub fn create(state_dir: &Path, s: &State) -> io::Result<Held> {
     let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
     f.lock()?;
     f.write_all(&serde_json::to_vec_pretty(s).map_err(io::Error::other)?)?;
-    f.sync_all()?;
+    // No fsync: the file means nothing once its lock is gone, and a crash drops the lock.
     fs::rename(&tmp, dir.join("state.json"))?;
     Ok(Held { dir, _lock: f })
 }
