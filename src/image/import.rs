@@ -156,7 +156,15 @@ pub fn import_manifest(
     // A config already in the store (verified when it was committed) is not fetched again.
     let cfg_bytes = match store.read_blob(&m.config.digest) {
         Ok(b) => b,
-        Err(_) => src.read_document(&m.config.digest).map_err(|e| source_err(src.name(), e))?,
+        // Never more than the descriptor says (+1 to notice a longer one).
+        Err(_) => {
+            let limit = m.config.size.min(crate::store::blobs::MAX_DOCUMENT) + 1;
+            let mut data = Vec::new();
+            src.open(&m.config.digest)
+                .and_then(|r| std::io::Read::read_to_end(&mut std::io::Read::take(r, limit), &mut data))
+                .map_err(|e| source_err(src.name(), e))?;
+            data
+        }
     };
     let cfg_len = cfg_bytes.len() as u64;
     crate::store::blobs::verify(&m.config.digest, Some(m.config.size), &Digest::of(&cfg_bytes), cfg_len)?;

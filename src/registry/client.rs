@@ -172,16 +172,20 @@ impl Client {
                 creds: creds.clone(),
                 authorization: Mutex::new(None),
             };
-            match (c.send(&format!("{}/v2/", c.base), None), last_err.take()) {
+            // Probing HTTPS where HTTP may follow: no retries (a plain-HTTP registry
+            // fails the handshake every time).
+            let ping = format!("{}/v2/", c.base);
+            let probing = scheme == "https" && insecure_ok;
+            let answer = if probing { c.send_once(&ping, None, 0) } else { c.send(&ping, None) };
+            match (answer, last_err.take()) {
                 (Ok(_), _) => return Ok(c),
                 // Only a transport failure (TLS handshake, refused) falls back to HTTP.
                 (Err(e @ RegistryError::Transport { .. }), None) => last_err = Some(e),
-                // Both failed: the HTTPS error is the one that explains (a TLS server
-                // answers plain HTTP with 400).
-                (Err(e), Some(https)) => {
+                // A TLS server answers plain HTTP with 400: then the HTTPS error explains.
+                (Err(e @ RegistryError::Http { status: 400, .. }), Some(https)) => {
                     return Err(RegistryError::Protocol(host, format!("{https} (and over plain HTTP: {e})")))
                 }
-                (Err(e), None) => return Err(e),
+                (Err(e), _) => return Err(e),
             }
         }
         Err(last_err.unwrap_or_else(|| RegistryError::Protocol(host, "no usable scheme".into())))
@@ -352,8 +356,11 @@ impl Client {
                 if let Some((u, p)) = &self.creds {
                     req = req.header("Authorization", auth::basic(u, p));
                 }
-                let resp =
-                    req.call().map_err(|e| RegistryError::Transport { url: realm.clone(), source: Box::new(e) })?;
+                // Not a transport error (those are retried): a token server that does not
+                // answer in time is an authentication failure.
+                let resp = req
+                    .call()
+                    .map_err(|e| RegistryError::Auth(self.host.clone(), format!("token server {realm}: {e}")))?;
                 if !resp.status().is_success() {
                     return Err(RegistryError::Auth(
                         self.host.clone(),
@@ -361,7 +368,8 @@ impl Client {
                     ));
                 }
                 let body = resp.into_body().with_config().limit(1 << 20).read_to_vec();
-                let body = body.map_err(|e| RegistryError::Transport { url: realm.clone(), source: Box::new(e) })?;
+                let body =
+                    body.map_err(|e| RegistryError::Auth(self.host.clone(), format!("token server {realm}: {e}")))?;
                 let v: serde_json::Value = serde_json::from_slice(&body)
                     .map_err(|e| RegistryError::Auth(self.host.clone(), format!("token response: {e}")))?;
                 let token = v["token"]
