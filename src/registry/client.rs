@@ -176,7 +176,7 @@ impl Client {
             // fails the handshake every time).
             let ping = format!("{}/v2/", c.base);
             let probing = scheme == "https" && insecure_ok;
-            let answer = if probing { c.send_once(&ping, None, 0) } else { c.send(&ping, None) };
+            let answer = if probing { c.send_once(&ping, None, 0, None) } else { c.send(&ping, None) };
             match (answer, last_err.take()) {
                 (Ok(_), _) => return Ok(c),
                 // Only a transport failure (TLS handshake, refused) falls back to HTTP.
@@ -249,15 +249,22 @@ impl Client {
     /// [`Self::send_once`] with retries: transport errors, 429 and 5xx are retried with
     /// backoff (0.5 s, 1 s, 2 s).
     fn send(&self, url: &str, accept: Option<&str>) -> Result<Response<Body>, RegistryError> {
-        self.send_range(url, accept, 0)
+        // A manifest is small: its whole body must arrive in time too.
+        self.send_range(url, accept, 0, accept.map(|_| DOCUMENT_TIMEOUT))
     }
 
-    fn send_range(&self, url: &str, accept: Option<&str>, from: u64) -> Result<Response<Body>, RegistryError> {
+    fn send_range(
+        &self,
+        url: &str,
+        accept: Option<&str>,
+        from: u64,
+        body_timeout: Option<Duration>,
+    ) -> Result<Response<Body>, RegistryError> {
         let mut delay = Duration::from_millis(500);
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.send_once(url, accept, from) {
+            match self.send_once(url, accept, from, body_timeout) {
                 Err(e) if attempt < RETRIES && e.is_transient() => {
                     std::thread::sleep(delay);
                     delay *= 2;
@@ -269,15 +276,20 @@ impl Client {
 
     /// A GET with auth: on 401, answers the challenge once and retries. Redirects are
     /// followed here, and only the registry's own host ever gets the Authorization.
-    fn send_once(&self, url: &str, accept: Option<&str>, from: u64) -> Result<Response<Body>, RegistryError> {
+    fn send_once(
+        &self,
+        url: &str,
+        accept: Option<&str>,
+        from: u64,
+        body_timeout: Option<Duration>,
+    ) -> Result<Response<Body>, RegistryError> {
         let mut url = url.to_owned();
         let mut answers = 0;
         for _ in 0..=MAX_REDIRECTS {
             let same_host = url.starts_with(&format!("{}/", self.base));
             let mut req = self.agent.get(&url);
-            if accept.is_some() {
-                // A manifest: small, so its whole body must arrive in time too.
-                req = req.config().timeout_recv_body(Some(DOCUMENT_TIMEOUT)).build();
+            if body_timeout.is_some() {
+                req = req.config().timeout_recv_body(body_timeout).build();
             }
             if let Some(a) = accept {
                 req = req.header("Accept", a);
@@ -424,14 +436,28 @@ impl Client {
 
     /// A blob's content, streamed; a broken download resumes where it stopped (HTTP
     /// range request, or skipping what we had when the server ignores ranges).
-    pub fn blob(&self, d: &Digest) -> Result<Box<dyn Read + Send + '_>, RegistryError> {
+    /// With the blob's `size` known, the body must arrive within a time budget for it
+    /// (a server that stops sending cannot hang the pull forever).
+    pub fn blob(&self, d: &Digest, size: Option<u64>) -> Result<Box<dyn Read + Send + '_>, RegistryError> {
         let url = format!("{}/v2/{}/blobs/{d}", self.base, self.repo);
-        let resp = self.send(&url, None)?;
-        Ok(Box::new(Resuming { client: self, url, body: Box::new(resp.into_body().into_reader()), pos: 0, resumes: 0 }))
+        let resp = self.send_range(&url, None, 0, size.map(body_budget))?;
+        Ok(Box::new(Resuming {
+            client: self,
+            url,
+            body: Box::new(resp.into_body().into_reader()),
+            pos: 0,
+            size,
+            resumes: 0,
+        }))
     }
 }
 
 const RETRIES: usize = 4;
+
+/// Time allowed for a blob body: a minute plus 64 KiB/s.
+fn body_budget(size: u64) -> Duration {
+    Duration::from_secs(60 + size / (64 << 10))
+}
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const DOCUMENT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -441,6 +467,7 @@ struct Resuming<'a> {
     url: String,
     body: Box<dyn Read + Send>,
     pos: u64,
+    size: Option<u64>,
     resumes: usize,
 }
 
@@ -455,7 +482,9 @@ impl Read for Resuming<'_> {
                 Err(e) if self.resumes < RETRIES && e.kind() != std::io::ErrorKind::Interrupted => {
                     self.resumes += 1;
                     std::thread::sleep(Duration::from_millis(250 << self.resumes));
-                    let resp = self.client.send_range(&self.url, None, self.pos).map_err(std::io::Error::other)?;
+                    let budget = self.size.map(|s| body_budget(s.saturating_sub(self.pos)));
+                    let resp =
+                        self.client.send_range(&self.url, None, self.pos, budget).map_err(std::io::Error::other)?;
                     let partial = resp.status().as_u16() == 206;
                     let mut body: Box<dyn Read + Send> = Box::new(resp.into_body().into_reader());
                     if !partial {

@@ -68,6 +68,8 @@ struct Remote<'a> {
     client: client::Client,
     name: String,
     documents: Mutex<HashMap<Digest, Vec<u8>>>,
+    /// Sizes the manifest declares, for the download time budget.
+    sizes: Mutex<HashMap<Digest, u64>>,
     progress: Option<Reporter<'a>>,
 }
 
@@ -104,7 +106,8 @@ impl BlobSource for Remote<'_> {
         if let Some(doc) = self.documents.lock().ok().and_then(|m| m.get(d).cloned()) {
             return Ok(Box::new(io::Cursor::new(doc)));
         }
-        let body = self.client.blob(d).map_err(io::Error::other)?;
+        let size = self.sizes.lock().ok().and_then(|m| m.get(d).copied());
+        let body = self.client.blob(d, size).map_err(io::Error::other)?;
         Ok(match self.progress {
             Some(report) => {
                 Box::new(Counted { inner: body, digest: d.clone(), n: 0, last: 0, finished: false, report })
@@ -165,11 +168,16 @@ pub fn pull(store: &Store, r: &Reference, opts: &PullOptions) -> Result<Imported
         client,
         name: name.clone(),
         documents: Mutex::new(HashMap::from([(digest, bytes)])),
+        sizes: Mutex::new(HashMap::new()),
         progress: opts.progress,
     };
     let want = opts.platform.clone().unwrap_or_else(platform::host);
     let _hold = store.lock_shared()?;
     let resolved = import::resolve(&remote, &desc, &want)?;
+    if let Ok(mut sizes) = remote.sizes.lock() {
+        let m = &resolved.manifest;
+        sizes.extend(m.layers.iter().chain([&m.config]).map(|d| (d.digest.clone(), d.size)));
+    }
     if opts.platform.is_some() {
         import::check_platform(&remote, &resolved, &want)?;
     }
