@@ -37,7 +37,7 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Copy an image into the store from oci:DIR[:REF], oci-archive:FILE[:REF] or docker-archive:FILE[:NAME:TAG]
+    /// Copy an image into the store from a registry (NAME[:TAG][@DIGEST]) or from oci:DIR[:REF], oci-archive:FILE[:REF], docker-archive:FILE[:NAME:TAG]
     Pull(import::PullArgs),
     /// Load every image of a docker-save or OCI archive tarball (format detected from content)
     Load(import::LoadArgs),

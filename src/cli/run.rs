@@ -120,10 +120,11 @@ pub fn run(store: &Store, state: PathBuf, a: RunArgs) -> CmdResult {
         let first = imported.into_iter().next().ok_or_else(|| fail(format!("{} holds no image", a.image)))?;
         (first.record, a.image.clone())
     } else {
+        let local_name = a.image.strip_prefix("docker://").unwrap_or(&a.image);
         let found = if a.pull == PullPolicy::Always {
             None
         } else {
-            lookup::find(store, &a.image).map(Some).or_else(|e| match e {
+            lookup::find(store, local_name).map(Some).or_else(|e| match e {
                 image::ImageError::NotFound(_) => Ok(None),
                 e => Err(e),
             })?

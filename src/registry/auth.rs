@@ -162,6 +162,10 @@ pub fn store(host: &str, creds: Option<(&str, &str)>) -> std::io::Result<bool> {
     }
     let auths = v["auths"].as_object_mut().expect("object");
     let removed = auths.remove(host).is_some();
+    if creds.is_none() && !removed {
+        // Nothing to remove: leave the file (or its absence) alone.
+        return Ok(false);
+    }
     if let Some((u, p)) = creds {
         let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
         auths.insert(host.to_owned(), serde_json::json!({ "auth": encoded }));

@@ -29,7 +29,10 @@ pub struct Client {
     base: String,
     host: String,
     repo: String,
-    creds: Option<(String, String)>,
+    /// Looked up only when a challenge asks for them (a credential helper is a process).
+    creds: std::sync::OnceLock<Option<(String, String)>>,
+    /// The registry's name as credentials are filed under (`docker.io`, `host:port`).
+    domain: String,
     /// The current `Authorization` value for this registry.
     authorization: Mutex<Option<String>>,
 }
@@ -79,7 +82,9 @@ impl Tls {
 
 fn agent(tls: &Tls, verify: bool, host: &str) -> Agent {
     let dirs = tls.dirs(host);
-    let mut tls = TlsConfig::builder().disable_verification(!verify);
+    // The system's trust store (rustls-platform-verifier reads the OS roots), or those
+    // roots plus the registry's own CAs from its cert dir.
+    let mut tls = TlsConfig::builder().disable_verification(!verify).root_certs(RootCerts::PlatformVerifier);
     if let Some(roots) = extra_roots(&dirs) {
         tls = tls.root_certs(roots);
     }
@@ -157,7 +162,6 @@ impl Client {
     pub fn connect(r: &Reference, tls: &Tls) -> Result<Client, RegistryError> {
         let tls_verify = tls.verify;
         let host = registry_host(r);
-        let creds = auth::credentials(r.domain()).or_else(|| auth::credentials(&host));
         let insecure_ok = !tls_verify || is_loopback(&host);
         let mut last_err = None;
         for scheme in ["https", "http"] {
@@ -169,7 +173,8 @@ impl Client {
                 base: format!("{scheme}://{host}"),
                 host: host.clone(),
                 repo: r.path().to_owned(),
-                creds: creds.clone(),
+                creds: std::sync::OnceLock::new(),
+                domain: r.domain().to_owned(),
                 authorization: Mutex::new(None),
             };
             // Probing HTTPS where HTTP may follow: no retries (a plain-HTTP registry
@@ -195,6 +200,10 @@ impl Client {
         &self.host
     }
 
+    fn creds(&self) -> Option<&(String, String)> {
+        self.creds.get_or_init(|| auth::credentials(&self.domain).or_else(|| auth::credentials(&self.host))).as_ref()
+    }
+
     /// `coracle login`: checks that `creds` are accepted by the registry at `domain`
     /// (basic auth on /v2/, or a token from the realm it names).
     pub fn check_login(domain: &str, creds: (String, String), tls: &Tls) -> Result<(), RegistryError> {
@@ -211,7 +220,8 @@ impl Client {
                 base: format!("{scheme}://{host}"),
                 host: host.clone(),
                 repo: String::new(),
-                creds: Some(creds.clone()),
+                creds: std::sync::OnceLock::from(Some(creds.clone())),
+                domain: domain.to_owned(),
                 authorization: Mutex::new(None),
             };
             let url = format!("{}/v2/", c.base);
@@ -342,7 +352,7 @@ impl Client {
     fn answer(&self, c: &Challenge) -> Result<String, RegistryError> {
         match c.scheme.as_str() {
             "basic" => {
-                let (u, p) = self.creds.as_ref().ok_or_else(|| {
+                let (u, p) = self.creds().ok_or_else(|| {
                     RegistryError::Auth(
                         self.host.clone(),
                         "the registry wants credentials and none are configured".into(),
@@ -357,7 +367,7 @@ impl Client {
                     .ok_or_else(|| RegistryError::Auth(self.host.clone(), "bearer challenge without realm".into()))?;
                 let mut url = if self.repo.is_empty() {
                     // A login check: no repository, the account's own token.
-                    format!("{realm}?account={}", encode(self.creds.as_ref().map_or("", |c| c.0.as_str())))
+                    format!("{realm}?account={}", encode(self.creds().map_or("", |c| c.0.as_str())))
                 } else {
                     format!("{realm}?scope={}", encode(&format!("repository:{}:pull", self.repo)))
                 };
@@ -365,7 +375,7 @@ impl Client {
                     url.push_str(&format!("&service={}", encode(s)));
                 }
                 let mut req = self.agent.get(&url).config().timeout_recv_body(Some(DOCUMENT_TIMEOUT)).build();
-                if let Some((u, p)) = &self.creds {
+                if let Some((u, p)) = self.creds() {
                     req = req.header("Authorization", auth::basic(u, p));
                 }
                 // Not a transport error (those are retried): a token server that does not
