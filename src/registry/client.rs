@@ -157,30 +157,39 @@ fn extra_roots(dirs: &[std::path::PathBuf]) -> Option<RootCerts> {
     Some(RootCerts::new_with_certs(&extra))
 }
 
+/// The schemes to try for `host`: HTTPS, then plain HTTP where that is allowed.
+fn schemes(host: &str, tls: &Tls) -> &'static [&'static str] {
+    if !tls.verify || is_loopback(host) {
+        &["https", "http"]
+    } else {
+        &["https"]
+    }
+}
+
 impl Client {
+    fn new(tls: &Tls, scheme: &str, host: &str, domain: &str, repo: &str, creds: Option<(String, String)>) -> Client {
+        Client {
+            agent: agent(tls, tls.verify || scheme == "http", host),
+            base: format!("{scheme}://{host}"),
+            host: host.to_owned(),
+            repo: repo.to_owned(),
+            creds: creds.map_or_else(std::sync::OnceLock::new, |c| std::sync::OnceLock::from(Some(c))),
+            domain: domain.to_owned(),
+            authorization: Mutex::new(None),
+        }
+    }
+
     /// Connects to the registry of `r` and finds out how to talk to it (scheme, auth).
     pub fn connect(r: &Reference, tls: &Tls) -> Result<Client, RegistryError> {
-        let tls_verify = tls.verify;
         let host = registry_host(r);
-        let insecure_ok = !tls_verify || is_loopback(&host);
+        let schemes = schemes(&host, tls);
         let mut last_err = None;
-        for scheme in ["https", "http"] {
-            if scheme == "http" && !insecure_ok {
-                break;
-            }
-            let c = Client {
-                agent: agent(tls, tls_verify || scheme == "http", &host),
-                base: format!("{scheme}://{host}"),
-                host: host.clone(),
-                repo: r.path().to_owned(),
-                creds: std::sync::OnceLock::new(),
-                domain: r.domain().to_owned(),
-                authorization: Mutex::new(None),
-            };
+        for &scheme in schemes {
+            let c = Client::new(tls, scheme, &host, r.domain(), r.path(), None);
             // Probing HTTPS where HTTP may follow: no retries (a plain-HTTP registry
             // fails the handshake every time).
             let ping = format!("{}/v2/", c.base);
-            let probing = scheme == "https" && insecure_ok;
+            let probing = scheme == "https" && schemes.len() > 1;
             let answer = if probing { c.send_once(&ping, None, 0, None) } else { c.send(&ping, None) };
             match (answer, last_err.take()) {
                 (Ok(_), _) => return Ok(c),
@@ -207,23 +216,10 @@ impl Client {
     /// `coracle login`: checks that `creds` are accepted by the registry at `domain`
     /// (basic auth on /v2/, or a token from the realm it names).
     pub fn check_login(domain: &str, creds: (String, String), tls: &Tls) -> Result<(), RegistryError> {
-        let tls_verify = tls.verify;
         let host = if domain == "docker.io" { "registry-1.docker.io".to_owned() } else { domain.to_owned() };
-        let insecure_ok = !tls_verify || is_loopback(&host);
         let mut last = None;
-        for scheme in ["https", "http"] {
-            if scheme == "http" && !insecure_ok {
-                break;
-            }
-            let c = Client {
-                agent: agent(tls, tls_verify || scheme == "http", &host),
-                base: format!("{scheme}://{host}"),
-                host: host.clone(),
-                repo: String::new(),
-                creds: std::sync::OnceLock::from(Some(creds.clone())),
-                domain: domain.to_owned(),
-                authorization: Mutex::new(None),
-            };
+        for &scheme in schemes(&host, tls) {
+            let c = Client::new(tls, scheme, &host, domain, "", Some(creds.clone()));
             let url = format!("{}/v2/", c.base);
             let resp = match c.agent.get(&url).call() {
                 Ok(r) => r,
