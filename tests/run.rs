@@ -852,10 +852,24 @@ fn init_reaps_zombies() {
 }
 
 #[test]
-fn sigkill_of_coracle_takes_the_container_down_and_gc_cleans_up() {
+fn sigkill_of_coracle_takes_the_container_down_and_leaves_no_scratch() {
+    sigkill_case("tmpfs");
+}
+
+#[test]
+fn sigkill_of_coracle_with_a_store_scratch_and_gc_cleans_up() {
+    sigkill_case("store");
+}
+
+/// SIGKILL of `coracle run` with the scratch (upper, work) in a tmpfs of the container's
+/// mount namespace (the default: it dies with the namespace, nothing to collect) or in
+/// the store (`--scratch store`: gc removes the dead container's dir).
+fn sigkill_case(scratch: &str) {
     let fx = Fx::new();
     let pid_file = fx.env.path("app.pid");
     let mut cmd = fx.cmd(&[
+        "--scratch",
+        scratch,
         "--pid-file",
         pid_file.to_str().unwrap(),
         "fix",
@@ -883,8 +897,9 @@ fn sigkill_of_coracle_takes_the_container_down_and_gc_cleans_up() {
     for &p in &procs {
         r.adopt(p);
     }
-    assert_eq!(fx.store_containers().len(), 1, "one scratch dir while running");
-    assert_eq!(fx.state_entries().len(), 1, "one state dir while running");
+    let scratch_dirs = usize::from(scratch == "store");
+    assert_eq!(fx.store_containers().len(), scratch_dirs, "scratch dirs in the store while running ({scratch})");
+    assert_eq!(fx.state_entries().len(), 1, "one state file while running");
 
     r.signal(libc::SIGKILL);
     let t = Instant::now();
@@ -904,13 +919,18 @@ fn sigkill_of_coracle_takes_the_container_down_and_gc_cleans_up() {
         std::thread::sleep(Duration::from_millis(5));
     }
     eprintln!("container gone {:?} after SIGKILL of coracle", t.elapsed());
+    assert_eq!(fx.store_containers().len(), scratch_dirs, "the killed container's scratch ({scratch})");
+    assert!(
+        !fs::read_to_string("/proc/self/mountinfo").unwrap().contains(fx.env.root().to_str().unwrap()),
+        "a mount of the store is in the host's table"
+    );
 
     let o = fx.env.run(&["gc"]);
     assert!(o.status(), "gc: {}", o.stderr());
     assert!(fx.store_containers().is_empty(), "gc left the dead container's scratch dir: {:?}", fx.store_containers());
     assert!(
         fx.state_entries().is_empty(),
-        "the dead container's state dir under --state is still there after gc: {:?}",
+        "the dead container's state file under --state is still there after gc: {:?}",
         fx.state_entries()
     );
 }
@@ -1035,6 +1055,58 @@ fn read_only_rootfs() {
     assert!(o.stderr().contains("Read-only file system"), "{}", o.stderr());
     let o = fx.run(&["--read-only", "--tmpfs", "/scratch", "fix", "/bin/probe", "write", "/scratch/x", "y"]);
     assert_eq!(o.code(), Some(0), "--tmpfs is writable under --read-only: {}", o.stderr());
+}
+
+/// `--scratch`: the writable layer in a tmpfs of the container's own mount namespace (the
+/// default; `tmpfs:SIZE` caps it) or on disk under the store (`store`). Writes work in
+/// both, the host sees no mount, a full tmpfs is the app's ENOSPC, a store scratch exists
+/// only while its container runs, and bad values are usage errors that start nothing.
+#[test]
+fn scratch_in_memory_or_in_the_store() {
+    let fx = Fx::new();
+    let before = host_mounts(&fx.env.root());
+    for scratch in ["tmpfs", "tmpfs:64m", "store"] {
+        fx.probe(&["--scratch", scratch], &["write", "/written", "data"]);
+        let o = fx.run(&["--scratch", scratch, "fix", "/bin/sh", "-c", "echo hello > /etc/new && cat /etc/new"]);
+        assert_eq!((o.code(), o.stdout().trim()), (Some(0), "hello"), "{scratch}: {}", o.stderr());
+    }
+    // A store scratch is containers/<id> while the container runs.
+    let pid_file = fx.env.path("store-scratch.pid");
+    let mut r = Running::spawn(fx.cmd(&[
+        "--scratch",
+        "store",
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        "fix",
+        "/bin/probe",
+        "sleep",
+        "30",
+    ]));
+    wait_pid_file(&pid_file, &mut r);
+    assert_eq!(fx.store_containers().len(), 1, "--scratch store: containers/<id> while running");
+    r.signal(libc::SIGTERM);
+    wait_timeout(&mut r.child, Duration::from_secs(5)).expect("coracle run ends on SIGTERM");
+    assert!(fx.store_containers().is_empty(), "--scratch store: removed on exit: {:?}", fx.store_containers());
+
+    // The tmpfs size is the app's limit: ENOSPC inside, not a coracle error.
+    let o = fx.run(&[
+        "--scratch",
+        "tmpfs:1m",
+        "fix",
+        "/bin/sh",
+        "-c",
+        "dd if=/dev/zero of=/big bs=64k count=64 2>&1; exit 0",
+    ]);
+    assert_eq!(o.code(), Some(0), "{}", o.stderr());
+    assert!(o.stdout().contains("No space left on device"), "a 4 MiB write to a 1 MiB scratch: {}", o.stdout());
+
+    for bad in ["disk", "tmpfs:", "tmpfs:0", "tmpfs:12q", "tmpfs:-1", "store:1g"] {
+        let o = fx.run(&["--scratch", bad, "fix", "/bin/true"]);
+        assert_fails(&o, 125, "coracle: invalid value");
+        assert!(o.stderr().contains("--scratch"), "{bad}: {}", o.stderr());
+    }
+    assert_same_mounts(&before, &host_mounts(&fx.env.root()), "after runs with every --scratch");
+    assert!(fx.store_containers().is_empty() && fx.state_entries().is_empty());
 }
 
 /// `--read-only` with an image that already has every mount target: the read-only

@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 use super::{CmdResult, Failure};
 use crate::image::{self, lookup};
 use crate::run::capabilities;
-use crate::run::launch::{self, Launch, Outcome};
+use crate::run::launch::{self, Launch, Outcome, Scratch};
 use crate::run::mounts::{PlanOptions, Volume};
 use crate::run::spec::{self, ImageDefaults, ProcessOptions};
 use crate::store::Store;
@@ -58,6 +58,11 @@ pub struct RunArgs {
     /// Make the container's root filesystem read-only (volumes and tmpfs stay writable)
     #[arg(long)]
     read_only: bool,
+    /// Where the container's writable layer lives: `tmpfs[:SIZE]` (memory, the default;
+    /// SIZE as tmpfs takes it, e.g. 512m or 25%) or `store` (disk, under the store root,
+    /// for containers that write more than memory holds)
+    #[arg(long, value_name = "tmpfs[:SIZE]|store", default_value = "tmpfs")]
+    scratch: Scratch,
     /// The container's hostname (default: the host's)
     #[arg(long)]
     hostname: Option<String>,
@@ -212,6 +217,7 @@ pub fn run(store: &Store, state: PathBuf, a: RunArgs) -> CmdResult {
         tty: a.tty,
         interactive: a.interactive,
         read_only: a.read_only,
+        scratch: a.scratch,
         network_none: a.network == Network::None,
         pid_file: a.pid_file,
     })

@@ -30,7 +30,7 @@ use super::user;
 /// Everything the container side needs, prepared by the outer process before the clone.
 pub struct ChildConfig {
     pub overlay: Overlay,
-    pub rootfs_dir: PathBuf,
+    pub scratch: Scratch,
     pub plan: Vec<Mount>,
     pub privileged: bool,
     pub hostname: String,
@@ -41,6 +41,15 @@ pub struct ChildConfig {
     pub network_none: bool,
     /// Taken by the child when it places them at fds 3-6.
     pub pipes: Option<ChildPipes>,
+}
+
+/// The container's scratch space: `upper/`, `work/`, `rootfs/` (the mount point of the
+/// overlay) and the /etc files, all made by the child in `dir`, on a tmpfs of its own
+/// mount namespace when `tmpfs` is set (with its `size=`, if any).
+pub struct Scratch {
+    pub dir: PathBuf,
+    pub tmpfs: Option<Option<String>>,
+    pub files: Vec<(&'static str, String)>,
 }
 
 /// How the app process is set up (shared by `run` and `exec`).
@@ -132,8 +141,9 @@ fn setup_and_run(mut cfg: ChildConfig) -> Result<Never, Failure> {
 
     umask(Mode::empty());
     rootfs::make_private()?;
-    rootfs::mount_rootfs(&cfg.overlay, &cfg.rootfs_dir)?;
-    let root = nix::fcntl::open(&cfg.rootfs_dir, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
+    let rootfs_dir = rootfs::prepare_scratch(&cfg.scratch.dir, cfg.scratch.tmpfs.as_ref(), &cfg.scratch.files)?;
+    rootfs::mount_rootfs(&cfg.overlay, &rootfs_dir)?;
+    let root = nix::fcntl::open(&rootfs_dir, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
     for m in &cfg.plan {
         rootfs::apply(root.as_fd(), m)?;
         if m.target == "/dev" {

@@ -43,8 +43,41 @@ pub struct Launch {
     pub tty: bool,
     pub interactive: bool,
     pub read_only: bool,
+    pub scratch: Scratch,
     pub network_none: bool,
     pub pid_file: Option<PathBuf>,
+}
+
+/// Where the container's writable layer (overlay upper and work dirs) and its /etc
+/// files live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scratch {
+    /// A tmpfs mounted in the container's own mount namespace (optionally `size=`): no
+    /// disk work at start or exit, and nothing to clean up if coracle is SIGKILLed — the
+    /// kernel frees it with the namespace.
+    Tmpfs(Option<String>),
+    /// `containers/<id>/` under the store root, removed on exit (or by `coracle gc` after
+    /// a SIGKILL): for containers that write more than memory holds.
+    Store,
+}
+
+impl std::str::FromStr for Scratch {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once(':') {
+            None if s == "tmpfs" => Ok(Scratch::Tmpfs(None)),
+            None if s == "store" => Ok(Scratch::Store),
+            Some(("tmpfs", size)) if valid_size(size) => Ok(Scratch::Tmpfs(Some(size.to_owned()))),
+            Some(("tmpfs", size)) => Err(format!("{size:?} is not a size (like 512m, 2g or 25%)")),
+            _ => Err(format!("{s:?} is neither tmpfs[:SIZE] nor store")),
+        }
+    }
+}
+
+/// A tmpfs `size=`: digits with an optional k/m/g/t suffix or `%` (of RAM).
+fn valid_size(s: &str) -> bool {
+    let digits = s.strip_suffix(|c: char| "kKmMgGtT%".contains(c)).unwrap_or(s);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) && digits.bytes().any(|b| b != b'0')
 }
 
 /// How the app ended.
@@ -69,13 +102,13 @@ impl RunError {
     }
 }
 
-/// Scratch space of one container under the store; removed on drop.
-struct Scratch {
+/// The scratch dir of one container under the store; removed on drop.
+struct ScratchDir {
     dir: PathBuf,
     _lock: Lock,
 }
 
-impl Drop for Scratch {
+impl Drop for ScratchDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.dir);
     }
@@ -103,8 +136,9 @@ pub fn run(l: Launch) -> Result<Outcome, RunError> {
     };
 
     // Under the shared store lock: pin the layers (gc skips layers whose lock a running
-    // container holds) and create the scratch dir (locked: gc skips it while we live).
-    let (layer_locks, scratch) = {
+    // container holds) and, with a store scratch, create its dir (locked: gc skips it
+    // while we live).
+    let (layer_locks, scratch_guard, dir) = {
         let _hold = l.store.lock_shared().map_err(|e| RunError::setup("lock store", e))?;
         let mut locks = Vec::new();
         for layer in &l.image.layers {
@@ -121,26 +155,31 @@ pub fn run(l: Launch) -> Result<Outcome, RunError> {
                 ));
             }
         }
-        let dir = l.store.root().join("containers").join(&id);
-        fs::DirBuilder::new().mode(0o700).create(&dir).map_err(|e| RunError::setup("create container dir", e))?;
-        let lock = Lock::exclusive(&dir.join("lock")).map_err(|e| RunError::setup("lock container dir", e))?;
-        (locks, Scratch { dir, _lock: lock })
+        let containers = l.store.root().join("containers");
+        match l.scratch {
+            // The child mounts its tmpfs over containers/ in its own mount namespace.
+            Scratch::Tmpfs(_) => (locks, None, containers),
+            Scratch::Store => {
+                let dir = containers.join(&id);
+                fs::DirBuilder::new()
+                    .mode(0o700)
+                    .create(&dir)
+                    .map_err(|e| RunError::setup("create container dir", e))?;
+                let lock = Lock::exclusive(&dir.join("lock")).map_err(|e| RunError::setup("lock container dir", e))?;
+                (locks, Some(ScratchDir { dir: dir.clone(), _lock: lock }), dir)
+            }
+        }
     };
-    let dir = &scratch.dir;
-    for sub in ["upper", "work", "rootfs"] {
-        fs::DirBuilder::new()
-            .mode(0o755)
-            .create(dir.join(sub))
-            .map_err(|e| RunError::setup("create container dir", e))?;
-    }
+    let files = etc_files(&hostname);
     let mut plan = l.plan.clone();
-    plan.etc_files = write_etc_files(dir, &hostname).map_err(|e| RunError::setup("write /etc files", e))?;
-
-    let overlay = Overlay {
-        lowers: l.image.layers.iter().rev().map(|x| l.store.layer_root(&x.diff_id)).collect(),
-        // Always an upper: mount points are created there (scratch); --read-only then
-        // makes the rootfs mount read-only.
-        upper: Some((dir.join("upper"), dir.join("work"))),
+    plan.etc_files = files.iter().map(|(file, _, target)| (dir.join(file), *target)).collect();
+    let scratch = container::Scratch {
+        tmpfs: match &l.scratch {
+            Scratch::Tmpfs(size) => Some(size.clone()),
+            Scratch::Store => None,
+        },
+        files: files.into_iter().map(|(file, content, _)| (file, content)).collect(),
+        dir,
     };
 
     // Every signal is blocked from here on and read from a signalfd: none is lost
@@ -148,10 +187,10 @@ pub fn run(l: Launch) -> Result<Outcome, RunError> {
     let mut old_mask = SigSet::empty();
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), Some(&mut old_mask))
         .map_err(|e| RunError::setup("block signals", e))?;
-    let result = launch(&l, overlay, dir.join("rootfs"), plan, hostname, &id, &name, name_lock);
+    let result = launch(&l, scratch, plan, hostname, &id, &name, name_lock);
     let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
     drop(layer_locks);
-    drop(scratch);
+    drop(scratch_guard);
     result
 }
 
@@ -162,8 +201,7 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), RunError> {
 #[allow(clippy::too_many_arguments)]
 fn launch(
     l: &Launch,
-    overlay: Overlay,
-    rootfs_dir: PathBuf,
+    scratch: container::Scratch,
     plan: PlanOptions,
     hostname: String,
     id: &str,
@@ -184,8 +222,13 @@ fn launch(
         flags |= libc::CLONE_NEWNET as u64;
     }
     let cfg = ChildConfig {
-        overlay,
-        rootfs_dir,
+        overlay: Overlay {
+            lowers: l.image.layers.iter().rev().map(|x| l.store.layer_root(&x.diff_id)).collect(),
+            // Always an upper: mount points are created there (scratch); --read-only
+            // then makes the rootfs mount read-only.
+            upper: Some((scratch.dir.join("upper"), scratch.dir.join("work"))),
+        },
+        scratch,
         plan: mounts::plan(&plan),
         privileged: plan.privileged,
         hostname,
@@ -412,8 +455,9 @@ fn write_pid_file(path: &Path, pid: i32) -> io::Result<()> {
     Ok(())
 }
 
-/// /etc/hostname, /etc/hosts and /etc/resolv.conf for the container (host network view).
-fn write_etc_files(dir: &Path, hostname: &str) -> io::Result<Vec<(PathBuf, &'static str)>> {
+/// /etc/hostname, /etc/hosts and /etc/resolv.conf for the container (host network
+/// view): (file name in the scratch dir, content, target in the container).
+fn etc_files(hostname: &str) -> Vec<(&'static str, String, &'static str)> {
     let mut hosts =
         fs::read_to_string("/etc/hosts").unwrap_or_else(|_| "127.0.0.1\tlocalhost\n::1\tlocalhost\n".into());
     if !hosts.split_whitespace().any(|w| w == hostname) {
@@ -423,16 +467,9 @@ fn write_etc_files(dir: &Path, hostname: &str) -> io::Result<Vec<(PathBuf, &'sta
         hosts.push_str(&format!("127.0.1.1\t{hostname}\n"));
     }
     let resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    let files = [
+    vec![
         ("hostname", format!("{hostname}\n"), "/etc/hostname"),
         ("hosts", hosts, "/etc/hosts"),
         ("resolv.conf", resolv, "/etc/resolv.conf"),
-    ];
-    let mut out = Vec::new();
-    for (file, content, target) in files {
-        let p = dir.join(file);
-        fs::write(&p, content)?;
-        out.push((p, target));
-    }
-    Ok(out)
+    ]
 }

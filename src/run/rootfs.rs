@@ -58,6 +58,41 @@ pub fn make_private() -> Result<(), RootfsError> {
         .map_err(nerr("make private", "/"))
 }
 
+/// Makes the container's scratch space in `dir` — first a tmpfs over it, if asked (in
+/// this private mount namespace only) — and returns the overlay's mount point in it.
+pub fn prepare_scratch(
+    dir: &Path,
+    tmpfs: Option<&Option<String>>,
+    files: &[(&str, String)],
+) -> Result<PathBuf, RootfsError> {
+    if let Some(size) = tmpfs {
+        let fc = FsContext::open(c"tmpfs").map_err(err("fsopen tmpfs for", dir))?;
+        fc.set_string(c"mode", c"700").map_err(err("tmpfs mode for", dir))?;
+        if let Some(size) = size {
+            let size = CString::new(size.as_str())
+                .map_err(|_| err("tmpfs size for", dir)(io::ErrorKind::InvalidInput.into()))?;
+            fc.set_string(c"size", &size).map_err(err("tmpfs size for", dir))?;
+        }
+        let mnt = fc.mount(sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV).map_err(err("mount tmpfs for", dir))?;
+        sys::move_mount_to_fd(mnt.as_fd(), open_dir_path(dir)?.as_fd()).map_err(err("mount tmpfs on", dir))?;
+    }
+    let d = open_dir_path(dir)?;
+    for sub in ["upper", "work", "rootfs"] {
+        mkdirat(d.as_fd(), sub, Mode::from_bits_truncate(0o755)).map_err(nerr("create", dir.join(sub)))?;
+    }
+    for (name, content) in files {
+        let f = openat(
+            d.as_fd(),
+            *name,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o644),
+        )
+        .map_err(nerr("create", dir.join(name)))?;
+        io::Write::write_all(&mut std::fs::File::from(f), content.as_bytes()).map_err(err("write", dir.join(name)))?;
+    }
+    Ok(dir.join("rootfs"))
+}
+
 /// Mounts the image's rootfs on `target`.
 pub fn mount_rootfs(o: &Overlay, target: &Path) -> Result<(), RootfsError> {
     let tfd = open_dir_path(target)?;

@@ -1,11 +1,11 @@
-//! Running-container state under `--state` (default /run/coracle): `<id>/state.json`,
+//! Running-container state under `--state` (default /run/coracle): `<id>.json`,
 //! flock'ed exclusively by its `coracle run` for the container's whole life. The kernel
 //! drops the lock when that process dies, so a free lock means "gone", whatever the file
 //! says (rkt's pod lifecycle): readers never trust a state file without trying its lock.
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Write};
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -34,28 +34,28 @@ pub struct State {
 
 /// A state entry held by this process; removed on drop.
 pub struct Held {
-    dir: PathBuf,
+    path: PathBuf,
     _lock: File,
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
+        let _ = fs::remove_file(&self.path);
     }
 }
 
-/// Creates `<state_dir>/<id>/state.json`, locked, written before it becomes visible.
+/// Creates `<state_dir>/<id>.json`, locked, written before it becomes visible (as
+/// `.<id>.json.tmp`, then renamed).
 pub fn create(state_dir: &Path, s: &State) -> io::Result<Held> {
     fs::DirBuilder::new().recursive(true).mode(0o700).create(state_dir)?;
-    let dir = state_dir.join(&s.id);
-    fs::DirBuilder::new().mode(0o700).create(&dir)?;
-    let tmp = dir.join("state.json.tmp");
-    let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+    let tmp = state_dir.join(format!(".{}.json.tmp", s.id));
+    let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
     f.lock()?;
     f.write_all(&serde_json::to_vec_pretty(s).map_err(io::Error::other)?)?;
     // No fsync: the file means nothing once its lock is gone, and a crash drops the lock.
-    fs::rename(&tmp, dir.join("state.json"))?;
-    Ok(Held { dir, _lock: f })
+    let path = state_dir.join(format!("{}.json", s.id));
+    fs::rename(&tmp, &path)?;
+    Ok(Held { path, _lock: f })
 }
 
 /// The containers whose `coracle run` is alive; leftovers of dead ones are removed.
@@ -78,19 +78,26 @@ fn scan(state_dir: &Path) -> io::Result<(Vec<State>, Vec<String>)> {
         Err(e) => return Err(e),
     };
     for e in rd.flatten() {
-        let dir = e.path();
-        let Ok(f) = File::open(dir.join("state.json")) else {
-            // No state file: a run that died while creating it, or foreign junk we leave.
-            // A run writes state.json.tmp and locks it a moment after creating it: only
-            // a stale one (a run killed in between) is debris.
-            let tmp = dir.join("state.json.tmp");
+        let file = e.file_name();
+        let Some(file) = file.to_str() else { continue };
+        let path = e.path();
+        if let Some(id) = file.strip_prefix('.').and_then(|f| f.strip_suffix(".json.tmp")) {
+            // A run writes its .tmp and locks it a moment after creating it: only a stale
+            // one (a run killed in between) is debris.
             let stale =
-                tmp.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|e| e.as_secs() > 10));
-            if stale && !locked(&tmp) && fs::remove_dir_all(&dir).is_ok() {
-                dead.push(e.file_name().to_string_lossy().into_owned());
+                path.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|e| e.as_secs() > 10));
+            if stale && !locked(&path) && fs::remove_file(&path).is_ok() {
+                dead.push(id.to_owned());
             }
             continue;
+        }
+        // Anything that is not `<64 hex>.json` is foreign: left alone.
+        let Some(id) =
+            file.strip_suffix(".json").filter(|id| id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        else {
+            continue;
         };
+        let Ok(f) = File::open(&path) else { continue };
         match f.try_lock_shared() {
             Err(TryLockError::WouldBlock) => {
                 if let Ok(s) = serde_json::from_reader::<_, State>(&f) {
@@ -99,8 +106,8 @@ fn scan(state_dir: &Path) -> io::Result<(Vec<State>, Vec<String>)> {
             }
             Ok(()) => {
                 drop(f);
-                if fs::remove_dir_all(&dir).is_ok() {
-                    dead.push(e.file_name().to_string_lossy().into_owned());
+                if fs::remove_file(&path).is_ok() {
+                    dead.push(id.to_owned());
                 }
             }
             Err(TryLockError::Error(_)) => {}

@@ -71,6 +71,13 @@ const SUBDIRS: &[&str] =
 impl Store {
     /// Opens the store at `root`, creating it (mode 0700) if needed.
     pub fn open(root: &Path) -> Result<Store> {
+        // The common case, every run: the store exists as made. Only stat, no write (a
+        // chmod would dirty the inode on every start).
+        let made = |p: &Path| fs::symlink_metadata(p).is_ok_and(|m| m.is_dir());
+        let root_ok = fs::symlink_metadata(root).is_ok_and(|m| m.is_dir() && m.permissions().mode() & 0o7777 == 0o700);
+        if root_ok && SUBDIRS.iter().all(|d| made(&root.join(d))) {
+            return Ok(Store { root: root.to_path_buf() });
+        }
         let mut b = DirBuilder::new();
         b.recursive(true).mode(0o700);
         b.create(root).map_err(StoreError::io("create store", root))?;
