@@ -214,6 +214,17 @@ pub fn clone_tree(path: &CStr, recursive: bool) -> io::Result<OwnedFd> {
     check_fd(unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) })
 }
 
+/// open_tree(2) with OPEN_TREE_CLONE of the mount at `fd` itself (AT_EMPTY_PATH): a
+/// detached copy, no path looked up.
+pub fn clone_tree_at(fd: BorrowedFd<'_>, recursive: bool) -> io::Result<OwnedFd> {
+    let flags = OPEN_TREE_CLONE
+        | OPEN_TREE_CLOEXEC
+        | libc::AT_EMPTY_PATH as libc::c_uint
+        | if recursive { libc::AT_RECURSIVE as libc::c_uint } else { 0 };
+    // SAFETY: fd is a valid descriptor and the path an empty NUL-terminated string.
+    check_fd(unsafe { libc::syscall(libc::SYS_open_tree, fd.as_raw_fd(), c"".as_ptr(), flags) })
+}
+
 /// mount_setattr(2): sets `MOUNT_ATTR_*` flags on a (detached) mount tree.
 pub fn mount_setattr(mnt: BorrowedFd<'_>, set: u64, recursive: bool) -> io::Result<()> {
     #[repr(C)]

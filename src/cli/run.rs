@@ -194,15 +194,7 @@ pub fn run(store: &Store, state: PathBuf, a: RunArgs) -> CmdResult {
             return Err(fail(format!("--tmpfs {t:?}: the target must be an absolute path")));
         }
     }
-    // Only what coracle itself may pass on: a supervisor (systemd's
-    // CapabilityBoundingSet=) or a parent container may have narrowed our sets.
-    let mut supported = caps::runtime::thread_all_supported();
-    if let (Ok(bounding), Ok(permitted)) =
-        (caps::read(None, caps::CapSet::Bounding), caps::read(None, caps::CapSet::Permitted))
-    {
-        supported.retain(|c| bounding.contains(c) && permitted.contains(c));
-    }
-    let caps = capabilities::compute(&a.cap_add, &a.cap_drop, a.privileged, &supported)?;
+    let caps = capabilities::compute(&a.cap_add, &a.cap_drop, a.privileged, &capabilities::own())?;
     let outcome = launch::run(Launch {
         store: store.clone(),
         state_dir: state,

@@ -18,6 +18,31 @@ pub const DEFAULT: &[Capability] = &[
     Capability::CAP_SYS_CHROOT,
 ];
 
+/// The capabilities coracle itself can pass on: in both its bounding and permitted sets
+/// (a supervisor, systemd's `CapabilityBoundingSet=`, or a parent container may have
+/// narrowed them). Read from /proc/self/status in one go rather than one prctl per
+/// capability; falls back to the prctl probes if that file cannot be read.
+pub fn own() -> CapsHashSet {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let mask = |key: &str| {
+        status.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    };
+    match (mask("CapBnd:"), mask("CapPrm:")) {
+        (Some(bnd), Some(prm)) => {
+            caps::all().into_iter().filter(|c| c.index() < 64 && (bnd & prm) >> c.index() & 1 == 1).collect()
+        }
+        _ => {
+            let mut supported = caps::runtime::thread_all_supported();
+            if let (Ok(bounding), Ok(permitted)) =
+                (caps::read(None, caps::CapSet::Bounding), caps::read(None, caps::CapSet::Permitted))
+            {
+                supported.retain(|c| bounding.contains(c) && permitted.contains(c));
+            }
+            supported
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("unknown capability {0:?}")]
 pub struct UnknownCap(pub String);
@@ -68,6 +93,15 @@ pub fn compute(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_set_from_proc_matches_the_prctl_probes() {
+        let mut probed = caps::runtime::thread_all_supported();
+        let bounding = caps::read(None, caps::CapSet::Bounding).unwrap();
+        let permitted = caps::read(None, caps::CapSet::Permitted).unwrap();
+        probed.retain(|c| bounding.contains(c) && permitted.contains(c));
+        assert_eq!(own(), probed);
+    }
 
     #[test]
     fn add_drop_all() {

@@ -9,7 +9,7 @@
 
 use std::ffi::{CString, OsStr};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -279,16 +279,22 @@ fn ms_to_attrs(f: MsFlags) -> u64 {
 /// on real directories: a symlink there is refused, as runc does, rather than followed
 /// (a `/proc -> /` image would otherwise get proc mounted over its root).
 pub fn apply(root: BorrowedFd<'_>, m: &Mount) -> Result<(), RootfsError> {
-    if matches!(m.source, Source::Fs(_)) {
+    let tfd = if matches!(m.source, Source::Fs(_)) {
         let rel = m.target.trim_start_matches('/');
         let how = OpenHow::new().flags(OFlag::O_PATH | OFlag::O_CLOEXEC).resolve(
             ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS,
         );
-        if let Err(Errno::ELOOP | Errno::EXDEV) = openat2(root, rel, how) {
-            return Err(err("mount on", &m.target)(io::Error::other("the target is a symlink (refused)")));
+        match openat2(root, rel, how) {
+            // No symlink on the way: this is the target (the common case, one lookup).
+            Ok(fd) => check_kind(fd, &m.target, m.kind)?,
+            Err(Errno::ELOOP | Errno::EXDEV) => {
+                return Err(err("mount on", &m.target)(io::Error::other("the target is a symlink (refused)")))
+            }
+            Err(_) => target(root, &m.target, m.kind)?,
         }
-    }
-    let tfd = target(root, &m.target, m.kind)?;
+    } else {
+        target(root, &m.target, m.kind)?
+    };
     let mnt = match &m.source {
         Source::Fs(fstype) => {
             let fc = FsContext::open(&CString::new(*fstype).unwrap_or_default()).map_err(err("fsopen", &m.target))?;
@@ -338,6 +344,12 @@ pub fn populate_dev(root: BorrowedFd<'_>) -> Result<(), RootfsError> {
 /// Masks and read-only paths (after /proc and /sys are mounted). Paths missing on this
 /// kernel are skipped.
 pub fn protect_paths(root: BorrowedFd<'_>) -> Result<(), RootfsError> {
+    const LOCKED: u64 =
+        sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV | sys::MOUNT_ATTR_NOEXEC;
+    // Masked directories all get a bind of one empty read-only tmpfs, masked files one
+    // of /dev/null: one superblock for all of them, each mount a cheap clone.
+    let mut empty_dir: Option<OwnedFd> = None;
+    let mut null: Option<OwnedFd> = None;
     for p in MASKED {
         let fd = match open_in_root(root, p, OFlag::O_PATH | OFlag::O_NOFOLLOW) {
             Ok(fd) => fd,
@@ -345,15 +357,26 @@ pub fn protect_paths(root: BorrowedFd<'_>) -> Result<(), RootfsError> {
             Err(e) => return Err(nerr("resolve", p)(e)),
         };
         let st = fstat(&fd).map_err(nerr("stat", p))?;
-        let mnt = if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR {
-            let fc = FsContext::open(c"tmpfs").map_err(err("fsopen", p))?;
-            fc.set_string(c"size", c"0").map_err(err("mount option", p))?;
-            fc.mount(sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV | sys::MOUNT_ATTR_NOEXEC)
-                .map_err(err("mask", p))?
-        } else {
-            sys::clone_tree(c"/dev/null", false).map_err(err("mask", p))?
-        };
-        sys::move_mount_to_fd(mnt.as_fd(), fd.as_fd()).map_err(err("mask", p))?;
+        let is_dir = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR;
+        let source = if is_dir { &mut empty_dir } else { &mut null };
+        match source {
+            Some(m) => {
+                let mnt = sys::clone_tree_at(m.as_fd(), false).map_err(err("mask", p))?;
+                sys::move_mount_to_fd(mnt.as_fd(), fd.as_fd()).map_err(err("mask", p))?;
+            }
+            None => {
+                let mnt = if is_dir {
+                    let fc = FsContext::open(c"tmpfs").map_err(err("fsopen", p))?;
+                    fc.set_string(c"size", c"0").map_err(err("mount option", p))?;
+                    fc.mount(LOCKED).map_err(err("mask", p))?
+                } else {
+                    sys::clone_tree(c"/dev/null", false).map_err(err("mask", p))?
+                };
+                sys::move_mount_to_fd(mnt.as_fd(), fd.as_fd()).map_err(err("mask", p))?;
+                // Attached now: the source of the clones for the other paths.
+                *source = Some(mnt);
+            }
+        }
     }
     for p in READ_ONLY {
         let fd = match open_in_root(root, p, OFlag::O_PATH | OFlag::O_NOFOLLOW) {
@@ -361,14 +384,8 @@ pub fn protect_paths(root: BorrowedFd<'_>) -> Result<(), RootfsError> {
             Err(Errno::ENOENT | Errno::ELOOP) => continue,
             Err(e) => return Err(nerr("resolve", p)(e)),
         };
-        let proc_path = CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default();
-        let t = sys::clone_tree(&proc_path, true).map_err(err("bind", p))?;
-        sys::mount_setattr(
-            t.as_fd(),
-            sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV | sys::MOUNT_ATTR_NOEXEC,
-            true,
-        )
-        .map_err(err("make read-only", p))?;
+        let t = sys::clone_tree_at(fd.as_fd(), true).map_err(err("bind", p))?;
+        sys::mount_setattr(t.as_fd(), LOCKED, true).map_err(err("make read-only", p))?;
         sys::move_mount_to_fd(t.as_fd(), fd.as_fd()).map_err(err("make read-only", p))?;
     }
     Ok(())
