@@ -5,6 +5,7 @@ pub mod cli;
 pub mod digest;
 pub mod image;
 pub mod layer;
+pub mod log;
 pub mod reference;
 pub mod registry;
 pub mod run;

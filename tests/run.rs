@@ -81,6 +81,13 @@ impl Fx {
         Out(self.cmd(args).output().unwrap())
     }
 
+    /// `coracle run ARGS...` with extra environment variables, waited for.
+    fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Out {
+        let mut c = self.cmd(args);
+        c.envs(env.iter().copied());
+        Out(c.output().unwrap())
+    }
+
     /// `coracle run FLAGS... fix probe VERB...`; asserts exit 0 and returns stdout.
     fn probe(&self, flags: &[&str], verb: &[&str]) -> String {
         let mut args: Vec<&str> = flags.to_vec();
@@ -1510,4 +1517,290 @@ fn tty_follows_window_size_and_ctrl_c_reaches_the_app() {
     let s = t.screen_until("still-42");
     assert!(s.contains("still-42"), "Ctrl-C ended the container: {s}");
     t.cmd(&["send-keys", "exit", "Enter"]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Made for supervisors: sd_notify, socket activation, --preserve-fds, --cidfile,
+// --replace, --log-level, systemd's KillMode=control-group.
+
+/// systemd's side of NOTIFY_SOCKET: a datagram socket with SO_PASSCRED, so every message
+/// comes with the sender's PID as the kernel saw it.
+struct NotifyHarness {
+    sock: std::os::unix::net::UnixDatagram,
+    path: PathBuf,
+}
+
+impl NotifyHarness {
+    fn new(fx: &Fx) -> NotifyHarness {
+        let path = fx.env.path("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::PassCred, &true).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        NotifyHarness { sock, path }
+    }
+
+    /// Every message received until 300 ms pass without one: (text, sender pid).
+    fn drain(&self) -> Vec<(String, i32)> {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+        let mut out = Vec::new();
+        loop {
+            let mut buf = [0u8; 4096];
+            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+            let mut cmsg = nix::cmsg_space!(nix::sys::socket::UnixCredentials);
+            let Ok(msg) = recvmsg::<()>(self.sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty()) else {
+                break;
+            };
+            let pid = msg
+                .cmsgs()
+                .unwrap()
+                .find_map(|c| match c {
+                    ControlMessageOwned::ScmCredentials(cr) => Some(cr.pid()),
+                    _ => None,
+                })
+                .unwrap_or(-1);
+            let n = msg.bytes;
+            out.push((String::from_utf8_lossy(&buf[..n]).into_owned(), pid));
+        }
+        out
+    }
+}
+
+/// Makes `fd` (close-on-exec in this process) appear at each of `at` in the child,
+/// without close-on-exec, as a supervisor passes fds.
+fn pass_fd(cmd: &mut Command, fd: i32, at: &'static [i32]) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only async-signal-safe calls between fork and exec. The fd is first copied
+    // above every target, since dup2 onto itself would keep close-on-exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let high = libc::fcntl(fd, libc::F_DUPFD, 100);
+            if high < 0 || at.iter().any(|&n| libc::dup2(high, n) < 0) {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::close(high);
+            Ok(())
+        });
+    }
+}
+
+#[test]
+fn sd_notify_is_relayed_from_coracles_pid() {
+    let fx = Fx::new();
+    let h = NotifyHarness::new(&fx);
+    // container (the default): the app gets its own socket; READY/STATUS/WATCHDOG cross,
+    // MAINPID and fd-store messages do not; the sender is coracle, never the app.
+    let mut cmd = fx.cmd(&[
+        "fix",
+        "/bin/sh",
+        "-c",
+        "echo \"$NOTIFY_SOCKET $WATCHDOG_USEC $WATCHDOG_PID $$\"; \
+         /bin/probe notify \"$(printf 'READY=1\\nMAINPID=2\\nSTATUS=serving')\"; \
+         /bin/probe notify MAINPID=7; /bin/probe notify FDSTORE=1; /bin/probe notify WATCHDOG=1; exit 3",
+    ]);
+    cmd.env("NOTIFY_SOCKET", &h.path).env("WATCHDOG_USEC", "5000000");
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let coracle = child.id() as i32;
+    let o = Out(child.wait_with_output().unwrap());
+    assert_eq!(o.code(), Some(3), "{}", o.stderr());
+    let words: Vec<String> = o.stdout().split_whitespace().map(str::to_owned).collect();
+    assert_eq!(words[0], "/run/notify/notify.sock", "the container's NOTIFY_SOCKET");
+    assert_eq!(words[1], "5000000", "WATCHDOG_USEC passes on");
+    assert_eq!(words[2], words[3], "WATCHDOG_PID is the app's own PID in its namespace");
+    let got = h.drain();
+    let texts: Vec<&str> = got.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(texts, ["READY=1\nSTATUS=serving", "WATCHDOG=1"], "relayed messages");
+    assert!(got.iter().all(|(_, pid)| *pid == coracle), "sender must be coracle ({coracle}): {got:?}");
+
+    // started: coracle itself says READY=1 once the app is exec'd; no socket inside.
+    let mut cmd = fx.cmd(&["--sdnotify", "started", "fix", "/bin/sh", "-c", "echo \"[$NOTIFY_SOCKET]\""]);
+    cmd.env("NOTIFY_SOCKET", &h.path);
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let coracle = child.id() as i32;
+    let o = Out(child.wait_with_output().unwrap());
+    assert_eq!((o.code(), o.stdout().trim()), (Some(0), "[]"), "{}", o.stderr());
+    assert_eq!(h.drain(), [("READY=1".to_owned(), coracle)]);
+    // … and not when the command cannot be exec'd.
+    let mut cmd = fx.cmd(&["--sdnotify", "started", "fix", "/no/such/command"]);
+    cmd.env("NOTIFY_SOCKET", &h.path);
+    let o = Out(cmd.output().unwrap());
+    assert_eq!(o.code(), Some(127), "{}", o.stderr());
+    assert!(h.drain().is_empty(), "READY=1 sent for an app that never ran");
+
+    // ignore: nothing is sent, the container sees no NOTIFY_SOCKET.
+    let mut cmd = fx.cmd(&["--sdnotify", "ignore", "fix", "/bin/sh", "-c", "echo \"[$NOTIFY_SOCKET]\""]);
+    cmd.env("NOTIFY_SOCKET", &h.path);
+    let o = Out(cmd.output().unwrap());
+    assert_eq!((o.code(), o.stdout().trim()), (Some(0), "[]"), "{}", o.stderr());
+    assert!(h.drain().is_empty());
+}
+
+#[test]
+fn socket_activation_passes_the_listening_socket() {
+    let fx = Fx::new();
+    need_tool("systemd-socket-activate");
+    // Find a free port, then let systemd-socket-activate listen on it and exec coracle
+    // on the first connection.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut c = Command::new("systemd-socket-activate");
+    c.arg("-l").arg(format!("127.0.0.1:{port}")).arg(coracle_bin());
+    c.arg("--root").arg(fx.env.root()).arg("--state").arg(fx.env.path("state"));
+    c.args(["run", "fix", "/bin/sh", "-c", "exec /bin/probe accept"]);
+    let mut r = Running::spawn(c);
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut conn = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(e) => {
+                assert!(Instant::now() < end, "systemd-socket-activate never listened: {e}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = String::new();
+    conn.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "hello from probe\n", "served from inside the container");
+    let (st, _, err) = r.finish(Duration::from_secs(10));
+    assert_eq!(st.code(), Some(0), "{err}");
+
+    // LISTEN_PID is the app's own PID (1 without init, 2 under it); only the passed fds
+    // are open; LISTEN_FDS meant for another process is not ours to pass.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    for (flags, pid) in [(vec![], "2"), (vec!["--no-init"], "1")] {
+        let mut args = flags.clone();
+        args.extend(["fix", "/bin/probe", "listen-fds"]);
+        let mut cmd = fx.cmd(&args);
+        cmd.env("LISTEN_FDS", "1").env("LISTEN_FDNAMES", "web");
+        pass_fd(&mut cmd, listener.as_raw_fd(), &[3]);
+        // LISTEN_PID unset: taken as meant for us (sd_listen_fds accepts it too).
+        let o = Out(cmd.output().unwrap());
+        assert_eq!(o.code(), Some(0), "{}", o.stderr());
+        let first = o.stdout().lines().next().unwrap_or_default().to_owned();
+        let v: Value = serde_json::from_str(&first).unwrap();
+        assert_eq!(v["LISTEN_PID"], pid, "{flags:?}: {v}");
+        assert_eq!(v["LISTEN_FDS"], "1");
+        assert_eq!(v["LISTEN_FDNAMES"], "web");
+        assert!(o.stdout().contains("3 socket:["), "fd 3 is the socket: {}", o.stdout());
+    }
+    let o = fx.run_env(&["fix", "/bin/probe", "listen-fds"], &[("LISTEN_FDS", "1"), ("LISTEN_PID", "1")]);
+    let v: Value = serde_json::from_str(o.stdout().lines().next().unwrap()).unwrap();
+    assert_eq!(v["LISTEN_FDS"], Value::Null, "LISTEN_FDS for PID 1 is not coracle's: {v}");
+
+    // Bad values are coracle's errors, before anything starts.
+    let o = fx.run_env(&["fix", "/bin/true"], &[("LISTEN_FDS", "lots")]);
+    assert_fails(&o, 125, "coracle: run: LISTEN_FDS=\"lots\"");
+    let o = fx.run_env(&["fix", "/bin/true"], &[("LISTEN_FDS", "40")]);
+    assert_fails(&o, 125, "coracle: run: LISTEN_FDS=40: file descriptor");
+}
+
+#[test]
+fn preserve_fds_passes_exactly_those() {
+    let fx = Fx::new();
+    let file = fx.env.path("passed");
+    fs::write(&file, "x").unwrap();
+    let f = fs::File::open(&file).unwrap();
+    let mut cmd = fx.cmd(&["--preserve-fds", "2", "fix", "/bin/probe", "fds"]);
+    pass_fd(&mut cmd, f.as_raw_fd(), &[3, 4, 5]);
+    let o = Out(cmd.output().unwrap());
+    assert_eq!(o.code(), Some(0), "{}", o.stderr());
+    let fds: Value = serde_json::from_str(o.stdout().lines().next().unwrap_or_default()).unwrap();
+    assert_eq!(fds, json!([0, 1, 2, 3, 4]), "fds 3 and 4 passed, 5 not: {}", o.stdout());
+    assert!(o.stdout().contains("/passed"), "{}", o.stdout());
+    let o = fx.run(&["--preserve-fds", "3", "fix", "/bin/true"]);
+    assert_fails(&o, 125, "coracle: run: --preserve-fds: file descriptor 3 is not open");
+}
+
+#[test]
+fn cidfile_and_replace() {
+    let fx = Fx::new();
+    let cid = fx.env.path("web.cid");
+    let pid_file = fx.env.path("web.pid");
+    let mut first = Running::spawn(fx.cmd(&[
+        "--name",
+        "web",
+        "--cidfile",
+        cid.to_str().unwrap(),
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        "fix",
+        "/bin/probe",
+        "trap",
+        "TERM",
+    ]));
+    wait_pid_file(&pid_file, &mut first);
+    assert_eq!(first.line(Duration::from_secs(10)), "ready");
+    let id = fs::read_to_string(&cid).unwrap().trim().to_owned();
+    assert_eq!(id.len(), 64, "{id:?}");
+    let ps: Value = serde_json::from_str(&fx.env.ok(&["ps", "--format", "json"])).unwrap();
+    assert_eq!(ps[0]["id"], id.as_str());
+
+    // The cidfile names a running container: refused. The name too.
+    let o = fx.run(&["--cidfile", cid.to_str().unwrap(), "fix", "/bin/true"]);
+    assert_fails(&o, 125, "coracle: run: --cidfile");
+    let o = fx.run(&["--name", "web", "fix", "/bin/true"]);
+    assert_fails(&o, 125, "coracle: run: the name \"web\" is in use");
+    let o = fx.run(&["--replace", "fix", "/bin/true"]);
+    assert_fails(&o, 125, "coracle: ");
+
+    // --replace stops it (SIGTERM: the trap sees it once and the app exits), then runs.
+    let cid2 = fx.env.path("web2.cid");
+    let o = fx.run(&[
+        "--name",
+        "web",
+        "--replace",
+        "--cidfile",
+        cid2.to_str().unwrap(),
+        "fix",
+        "/bin/probe",
+        "echo",
+        "second",
+    ]);
+    assert_eq!((o.code(), o.stdout().trim()), (Some(0), "second"), "{}", o.stderr());
+    let (st, rest, _) = first.finish(Duration::from_secs(15));
+    assert!(rest.contains(&"got SIGTERM".to_owned()), "the replaced app got SIGTERM: {rest:?}");
+    assert!(st.code().is_some() || st.signal().is_some());
+    assert!(!cid.exists() && !cid2.exists(), "cidfiles are removed when their containers exit");
+
+    // A cidfile left by a killed run (its container is gone) is replaced.
+    fs::write(&cid, format!("{}\n", "ab".repeat(32))).unwrap();
+    let o = fx.run(&["--cidfile", cid.to_str().unwrap(), "fix", "/bin/sh", "-c", "true"]);
+    assert_eq!(o.code(), Some(0), "{}", o.stderr());
+}
+
+#[test]
+fn log_level_debug_goes_to_stderr_only() {
+    let fx = Fx::new();
+    let o = fx.run(&["fix", "/bin/probe", "echo", "out"]);
+    assert_eq!((o.stdout().as_str(), o.stderr().as_str()), ("out\n", ""), "quiet by default");
+    let mut c = fx.env.cmd();
+    c.args(["--log-level", "debug", "run", "fix", "/bin/probe", "echo", "out"]).stdin(Stdio::null());
+    let o = Out(c.output().unwrap());
+    assert_eq!(o.stdout(), "out\n", "nothing of coracle's on stdout");
+    assert!(o.stderr().lines().any(|l| l.starts_with("coracle: debug: container ")), "{}", o.stderr());
+    assert!(o.stderr().lines().all(|l| l.starts_with("coracle: ")), "{}", o.stderr());
+    let mut c = fx.env.cmd();
+    c.args(["--log-level", "loud", "run", "fix", "/bin/true"]);
+    assert_fails(&Out(c.output().unwrap()), 125, "coracle: invalid value 'loud' for '--log-level");
+}
+
+/// systemd's default KillMode=control-group: SIGTERM reaches coracle, the container's
+/// init and the app at once. The app must still end normally, coracle mirror its status
+/// promptly, and nothing be left.
+#[test]
+fn sigterm_to_every_process_at_once_ends_cleanly() {
+    let fx = Fx::new();
+    let pid_file = fx.env.path("app.pid");
+    let mut r = Running::spawn(fx.cmd(&["--pid-file", pid_file.to_str().unwrap(), "fix", "/bin/probe", "sleep", "30"]));
+    let app = wait_pid_file(&pid_file, &mut r);
+    let init = parent(app).expect("the app's parent, the container's init");
+    for pid in [r.pid(), init, app] {
+        // SAFETY: signalling processes this test started (coracle and its container).
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    let t = Instant::now();
+    let (st, _, err) = r.finish(Duration::from_secs(10));
+    assert_eq!(st.signal(), Some(libc::SIGTERM), "death by SIGTERM mirrored: {err}");
+    assert!(t.elapsed() < Duration::from_secs(2), "took {:?}", t.elapsed());
+    assert!(!alive(app) && !alive(init));
+    assert!(fx.state_entries().is_empty() && fx.store_containers().is_empty());
 }

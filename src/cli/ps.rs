@@ -80,7 +80,7 @@ pub fn kill(state_dir: &Path, a: KillArgs) -> CmdResult {
 pub fn stop(state_dir: &Path, a: StopArgs) -> CmdResult {
     let (s, how) = control::stop(state_dir, &a.container, Duration::from_secs(a.time))?;
     if how == Stopped::Killed {
-        eprintln!("coracle: stop: {} did not exit within {} s of SIGTERM: killed", s.name, a.time);
+        crate::log::warn(&format!("stop: {} did not exit within {} s of SIGTERM: killed", s.name, a.time));
     }
     println!("{}", s.id);
     Ok(0)

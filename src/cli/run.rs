@@ -10,6 +10,7 @@ use crate::image::{self, lookup};
 use crate::run::capabilities;
 use crate::run::launch::{self, Launch, Outcome, Scratch};
 use crate::run::mounts::{PlanOptions, Volume};
+use crate::run::notify;
 use crate::run::spec::{self, ImageDefaults, ProcessOptions};
 use crate::store::Store;
 
@@ -90,6 +91,21 @@ pub struct RunArgs {
     /// Write the app's host PID to FILE
     #[arg(long = "pid-file", value_name = "FILE")]
     pid_file: Option<PathBuf>,
+    /// Write the container's ID to FILE (atomically; removed when the container exits). A
+    /// FILE naming a running container is an error; one left by a killed run is replaced
+    #[arg(long, value_name = "FILE")]
+    cidfile: Option<PathBuf>,
+    /// If a running container has this --name, stop it first (SIGTERM, SIGKILL after 10 s)
+    #[arg(long, requires = "name")]
+    replace: bool,
+    /// With NOTIFY_SOCKET set (systemd Type=notify): `container` relays the app's sd_notify
+    /// messages from coracle's PID, `started` sends READY=1 once the app is exec'd,
+    /// `ignore` sends nothing
+    #[arg(long, value_enum, default_value = "container", value_name = "MODE")]
+    sdnotify: notify::Mode,
+    /// Pass N more open fds to the app: 3, 4, … (after socket activation's LISTEN_FDS)
+    #[arg(long = "preserve-fds", value_name = "N", default_value_t = 0)]
+    preserve_fds: u16,
     /// Accepted for docker compatibility: containers are always removed on exit
     #[arg(long)]
     rm: bool,
@@ -194,6 +210,56 @@ pub fn run(store: &Store, state: PathBuf, a: RunArgs) -> CmdResult {
             return Err(fail(format!("--tmpfs {t:?}: the target must be an absolute path")));
         }
     }
+    let mut process = process;
+    let mut own_pid_env = Vec::new();
+    // sd_notify: the container gets its own socket (container mode), never coracle's.
+    let notify = notify::Target::from_env().filter(|_| a.sdnotify != notify::Mode::Ignore).map(|t| (a.sdnotify, t));
+    let our_pid = std::process::id().to_string();
+    let for_us = |pid_var: &str| std::env::var(pid_var).map_or(true, |p| p.trim() == our_pid);
+    if let Some((notify::Mode::Container, _)) = &notify {
+        set_env(&mut process.env, "NOTIFY_SOCKET", notify::CONTAINER_PATH);
+        // The watchdog is the app's to serve, through the relay.
+        if let (Ok(usec), true) = (std::env::var("WATCHDOG_USEC"), for_us("WATCHDOG_PID")) {
+            set_env(&mut process.env, "WATCHDOG_USEC", &usec);
+            own_pid_env.push("WATCHDOG_PID".to_owned());
+        }
+    }
+    // Socket activation (sd_listen_fds(3)): LISTEN_FDS meant for this process passes on
+    // to the app, with LISTEN_PID its own PID.
+    let mut listen = 0;
+    if let (Ok(n), true) = (std::env::var("LISTEN_FDS"), for_us("LISTEN_PID")) {
+        listen = n
+            .trim()
+            .parse::<u16>()
+            .map_err(|_| fail(format!("LISTEN_FDS={n:?} in the environment is not a number of file descriptors")))?;
+        if listen > 0 {
+            set_env(&mut process.env, "LISTEN_FDS", &listen.to_string());
+            if let Ok(names) = std::env::var("LISTEN_FDNAMES") {
+                set_env(&mut process.env, "LISTEN_FDNAMES", &names);
+            }
+            own_pid_env.push("LISTEN_PID".to_owned());
+        }
+    }
+    let preserve = i32::from(listen) + i32::from(a.preserve_fds);
+    for n in 3..3 + preserve {
+        if nix::fcntl::fcntl(unsafe_fd(n), nix::fcntl::FcntlArg::F_GETFD).is_err() {
+            let what = if n < 3 + i32::from(listen) { format!("LISTEN_FDS={listen}") } else { "--preserve-fds".into() };
+            return Err(fail(format!("{what}: file descriptor {n} is not open")));
+        }
+    }
+    if let Some(f) = &a.cidfile {
+        if let Ok(old) = std::fs::read_to_string(f) {
+            let old = old.trim();
+            if let Ok(Some(running)) = crate::run::state::find(&state, old).map(|s| s.filter(|s| s.id == old)) {
+                return Err(fail(format!(
+                    "--cidfile {}: names running container {} ({})",
+                    f.display(),
+                    &running.id[..12],
+                    running.name
+                )));
+            }
+        }
+    }
     let caps = capabilities::compute(&a.cap_add, &a.cap_drop, a.privileged, &capabilities::own())?;
     let outcome = launch::run(Launch {
         store: store.clone(),
@@ -201,7 +267,13 @@ pub fn run(store: &Store, state: PathBuf, a: RunArgs) -> CmdResult {
         image: record,
         image_name,
         process,
-        plan: PlanOptions { privileged: a.privileged, volumes: a.volume, tmpfs: a.tmpfs, etc_files: Vec::new() },
+        plan: PlanOptions {
+            privileged: a.privileged,
+            volumes: a.volume,
+            tmpfs: a.tmpfs,
+            etc_files: Vec::new(),
+            notify_socket: None,
+        },
         hostname,
         name: a.name,
         caps,
@@ -210,6 +282,11 @@ pub fn run(store: &Store, state: PathBuf, a: RunArgs) -> CmdResult {
         interactive: a.interactive,
         read_only: a.read_only,
         scratch: a.scratch,
+        notify,
+        preserve_fds: preserve,
+        own_pid_env,
+        cidfile: a.cidfile,
+        replace: a.replace,
         network_none: a.network == Network::None,
         pid_file: a.pid_file,
     })
@@ -218,6 +295,17 @@ pub fn run(store: &Store, state: PathBuf, a: RunArgs) -> CmdResult {
         Outcome::Exited(n) => Ok(n),
         Outcome::Signaled(s) => crate::sys::die_by_signal(s),
     }
+}
+
+/// Sets (or replaces) `k` in the app's environment.
+fn set_env(env: &mut Vec<(String, String)>, k: &str, v: &str) {
+    env.retain(|(key, _)| key != k);
+    env.push((k.to_owned(), v.to_owned()));
+}
+
+fn unsafe_fd(n: i32) -> std::os::fd::BorrowedFd<'static> {
+    // SAFETY: only used for an fcntl(F_GETFD) probe, which is harmless on any number.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(n) }
 }
 
 fn fail(message: String) -> Failure {

@@ -12,6 +12,7 @@ use std::ffi::CString;
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use caps::{CapSet, CapsHashSet};
 use nix::errno::Errno;
@@ -50,6 +51,8 @@ pub struct Scratch {
     pub dir: PathBuf,
     pub tmpfs: Option<Option<String>>,
     pub files: Vec<(&'static str, String)>,
+    /// Bind the sd_notify relay socket (the pipes' `notify`) in `dir` as notify.sock.
+    pub notify: bool,
 }
 
 /// How the app process is set up (shared by `run` and `exec`).
@@ -61,6 +64,9 @@ pub struct AppOptions {
     /// coracle's window size, for the container's terminal.
     pub winsize: Option<nix::pty::Winsize>,
     pub interactive: bool,
+    /// Environment variables set to the app's own PID (in its namespace) just before
+    /// exec: LISTEN_PID for socket activation, WATCHDOG_PID for the sd_notify watchdog.
+    pub own_pid_env: Vec<String>,
 }
 
 /// What `coracle exec` hands its child (already inside the container's namespaces).
@@ -78,13 +84,33 @@ pub struct ChildPipes {
     pub error: OwnedFd,
     /// With -t: the socket on which to send coracle the pty master made in here.
     pub tty: Option<OwnedFd>,
+    /// Closed by the app's successful execve (close-on-exec, and init drops its copy);
+    /// a failed one writes a byte first. EOF without data = the app is running.
+    pub exec: Option<OwnedFd>,
+    /// The unbound datagram socket the outer process relays sd_notify messages from:
+    /// bound here, in the scratch dir, then bind-mounted into the container.
+    pub notify: Option<OwnedFd>,
+    /// fds 3..3+preserve stay open into the app (socket activation, --preserve-fds).
+    pub preserve: RawFd,
 }
 
-const ALIVE_FD: RawFd = 3;
-const STARTED_FD: RawFd = 4;
-const STATUS_FD: RawFd = 5;
-const ERROR_FD: RawFd = 6;
-const TTY_FD: RawFd = 7;
+/// The pipes' slots, counted from the first fd above those passed through to the app
+/// (3 + `preserve_fds`).
+const ALIVE: RawFd = 0;
+const STARTED: RawFd = 1;
+const STATUS: RawFd = 2;
+const ERROR: RawFd = 3;
+const TTY: RawFd = 4;
+const EXEC: RawFd = 5;
+const NOTIFY: RawFd = 6;
+const SLOTS: RawFd = 7;
+
+/// 3 + the number of fds passed through to the app; set once, first thing in the child.
+static FD_BASE: AtomicI32 = AtomicI32::new(3);
+
+fn fd(slot: RawFd) -> RawFd {
+    FD_BASE.load(Ordering::Relaxed) + slot
+}
 
 /// Exit codes of setup failures, as docker uses them.
 pub const EXIT_SETUP: i32 = 125;
@@ -113,10 +139,13 @@ pub fn main(cfg: ChildConfig) -> ! {
 }
 
 fn report_error(code: i32, msg: &str) {
-    // SAFETY: ERROR_FD is the error pipe we placed at this number; ManuallyDrop keeps
+    // SAFETY: fd(ERROR) is the error pipe we placed at this number; ManuallyDrop keeps
     // it open for the other processes sharing it.
-    let mut f = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(ERROR_FD) });
+    let mut f = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd(ERROR)) });
     let _ = f.write_all(format!("{code} {}", msg.replace('\n', " ")).as_bytes());
+    // And a byte on the exec pipe (if this process still has it): "the app never ran".
+    // SAFETY: a plain write to our own slot; EBADF when it is not open is fine.
+    let _ = unsafe { libc::write(fd(EXEC), b"x".as_ptr().cast(), 1) };
 }
 
 enum Never {}
@@ -126,7 +155,7 @@ fn setup_and_run(mut cfg: ChildConfig) -> Result<Never, Failure> {
     // prctl, the `alive` pipe already reads EOF (its write end was in the parent only).
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
     place_pipes(cfg.pipes.take().ok_or(Failure(EXIT_SETUP, "pipes already taken".into()))?)?;
-    let mut pfd = [libc::pollfd { fd: ALIVE_FD, events: libc::POLLIN, revents: 0 }];
+    let mut pfd = [libc::pollfd { fd: fd(ALIVE), events: libc::POLLIN, revents: 0 }];
     // SAFETY: valid pollfd array of length 1; zero timeout.
     if unsafe { libc::poll(pfd.as_mut_ptr(), 1, 0) } > 0 && pfd[0].revents & (libc::POLLHUP | libc::POLLIN) != 0 {
         // SAFETY: plain exit of this child.
@@ -141,7 +170,10 @@ fn setup_and_run(mut cfg: ChildConfig) -> Result<Never, Failure> {
 
     umask(Mode::empty());
     rootfs::make_private()?;
-    let rootfs_dir = rootfs::prepare_scratch(&cfg.scratch.dir, cfg.scratch.tmpfs.as_ref(), &cfg.scratch.files)?;
+    let notify = cfg.scratch.notify.then(|| unsafe_borrow(fd(NOTIFY)));
+    let rootfs_dir = rootfs::prepare_scratch(&cfg.scratch.dir, cfg.scratch.tmpfs.as_ref(), &cfg.scratch.files, notify)?;
+    // SAFETY: bound (or unused): the outer process keeps its own copy of the socket.
+    unsafe { libc::close(fd(NOTIFY)) };
     rootfs::mount_rootfs(&cfg.overlay, &rootfs_dir)?;
     let root = nix::fcntl::open(&rootfs_dir, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
     for m in &cfg.plan {
@@ -183,6 +215,9 @@ fn setup_and_run(mut cfg: ChildConfig) -> Result<Never, Failure> {
     match unsafe { fork() }? {
         ForkResult::Child => exec_app(&process, &user, &cfg.app, true),
         ForkResult::Parent { child } => {
+            // Only the app holds the exec pipe: its execve closes the last copy.
+            // SAFETY: closing our own slot.
+            unsafe { libc::close(fd(EXEC)) };
             started(Some(child));
             init_loop(child)
         }
@@ -192,47 +227,54 @@ fn setup_and_run(mut cfg: ChildConfig) -> Result<Never, Failure> {
 /// Moves the pipes to fds 3-6 and closes every other fd above 2: nothing the outer
 /// process had open (lock files, the store) stays reachable from the container.
 fn place_pipes(p: ChildPipes) -> Result<(), Failure> {
+    FD_BASE.store(3 + p.preserve, Ordering::Relaxed);
     // First above the target range, then down, so no dup clobbers a pipe not yet moved.
     let slots = [
-        (p.alive, ALIVE_FD),
-        (p.started, STARTED_FD),
-        (p.status, STATUS_FD),
-        (Some(p.error), ERROR_FD),
-        (p.tty, TTY_FD),
+        (p.alive, ALIVE),
+        (p.started, STARTED),
+        (p.status, STATUS),
+        (Some(p.error), ERROR),
+        (p.tty, TTY),
+        (p.exec, EXEC),
+        (p.notify, NOTIFY),
     ];
     let mut high = Vec::new();
-    for (fd, slot) in slots {
-        if let Some(fd) = fd {
-            let n = nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(100))?;
+    for (f, slot) in slots {
+        if let Some(f) = f {
+            let n = nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(fd(SLOTS) + 100))?;
             // SAFETY: F_DUPFD_CLOEXEC returned a fresh descriptor we own.
             high.push((unsafe { OwnedFd::from_raw_fd(n) }, slot));
         }
     }
-    for slot in ALIVE_FD..=TTY_FD {
+    for slot in ALIVE..SLOTS {
         match high.iter().find(|(_, s)| *s == slot) {
             // SAFETY: dup3 onto a fixed number; the previous holder of that number (if
             // any) is one of our originals, which we no longer use.
-            Some((fd, _)) => {
-                if unsafe { libc::dup3(fd.as_raw_fd(), slot, libc::O_CLOEXEC) } < 0 {
+            Some((f, _)) => {
+                if unsafe { libc::dup3(f.as_raw_fd(), fd(slot), libc::O_CLOEXEC) } < 0 {
                     return Err(std::io::Error::last_os_error().into());
                 }
             }
             // SAFETY: nothing of ours lives at an unused slot.
             None => unsafe {
-                libc::close(slot);
+                libc::close(fd(slot));
             },
         }
     }
     // The `high` copies are closed by close_range below; forget them.
-    high.into_iter().for_each(|(fd, _)| std::mem::forget(fd));
-    crate::sys::close_from((TTY_FD + 1) as u32)?;
+    high.into_iter().for_each(|(f, _)| std::mem::forget(f));
+    crate::sys::close_from(fd(SLOTS) as u32)?;
+    // The passed fds reach the app as they are, close-on-exec cleared.
+    for n in 3..3 + p.preserve {
+        nix::fcntl::fcntl(unsafe_borrow(n), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))?;
+    }
     Ok(())
 }
 
 /// Tells the outer process the app is about to run, and its pid in this namespace.
 fn started(app: Option<Pid>) {
-    // SAFETY: STARTED_FD is ours; it is closed right after (one message only).
-    let mut f = unsafe { std::fs::File::from_raw_fd(STARTED_FD) };
+    // SAFETY: fd(STARTED) is ours; it is closed right after (one message only).
+    let mut f = unsafe { std::fs::File::from_raw_fd(fd(STARTED)) };
     let _ = f.write_all(format!("{}", app.map_or(1, |p| p.as_raw())).as_bytes());
 }
 
@@ -240,7 +282,7 @@ fn started(app: Option<Pid>) {
 /// with the app's status once it is gone.
 fn init_loop(app: Pid) -> ! {
     // SAFETY: init has no use for the pty slave (the app has it on 0-2).
-    unsafe { libc::close(TTY_FD) };
+    unsafe { libc::close(fd(TTY)) };
     let mask = SigSet::all();
     let sfd = match SignalFd::new(&mask) {
         Ok(s) => s,
@@ -277,20 +319,20 @@ fn init_loop(app: Pid) -> ! {
 }
 
 fn finish(status: &str, code: i32) -> ! {
-    // SAFETY: STATUS_FD is ours.
-    let mut f = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(STATUS_FD) });
+    // SAFETY: fd(STATUS) is ours.
+    let mut f = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd(STATUS)) });
     let _ = f.write_all(status.as_bytes());
     // SAFETY: plain exit; the kernel then kills whatever is left in this PID namespace.
     unsafe { libc::_exit(code) }
 }
 
 /// The app: session, credentials, capabilities, working directory, then execve.
-/// The pty comes from the container's own devpts: the socket at TTY_FD is replaced by
+/// The pty comes from the container's own devpts: the socket at fd(TTY) is replaced by
 /// the slave, which the app takes as its stdio.
 fn make_tty(app: &AppOptions) -> Result<(), Failure> {
-    let slave = super::tty::make_in_container(unsafe_borrow(TTY_FD), app.winsize.as_ref())?;
+    let slave = super::tty::make_in_container(unsafe_borrow(fd(TTY)), app.winsize.as_ref())?;
     // SAFETY: dup3 onto our fixed slot, replacing the socket.
-    if unsafe { libc::dup3(slave.as_raw_fd(), TTY_FD, libc::O_CLOEXEC) } < 0 {
+    if unsafe { libc::dup3(slave.as_raw_fd(), fd(TTY), libc::O_CLOEXEC) } < 0 {
         return Err(std::io::Error::last_os_error().into());
     }
     Ok(())
@@ -333,22 +375,22 @@ pub fn exec_main(mut cfg: ExecChild) -> ! {
 fn exec_app(p: &Process, u: &user::ExecUser, cfg: &AppOptions, forked: bool) -> Result<Never, Failure> {
     // SAFETY: closing our copies of the pipes the app has no business with.
     unsafe {
-        libc::close(ALIVE_FD);
-        libc::close(STATUS_FD);
-        libc::close(STARTED_FD);
+        libc::close(fd(ALIVE));
+        libc::close(fd(STATUS));
+        libc::close(fd(STARTED));
     }
     if forked {
         setsid()?;
     }
     if cfg.tty {
-        for fd in 0..3 {
+        for n in 0..3 {
             // SAFETY: dup2 of our pty slave onto the standard fds.
-            if unsafe { libc::dup2(TTY_FD, fd) } < 0 {
+            if unsafe { libc::dup2(fd(TTY), n) } < 0 {
                 return Err(std::io::Error::last_os_error().into());
             }
         }
         // SAFETY: the slave now lives on 0-2.
-        unsafe { libc::close(TTY_FD) };
+        unsafe { libc::close(fd(TTY)) };
         crate::sys::set_controlling_tty(unsafe_borrow(0))?;
     } else if !cfg.interactive {
         // docker semantics: without -i the app reads from /dev/null.
@@ -368,7 +410,14 @@ fn exec_app(p: &Process, u: &user::ExecUser, cfg: &AppOptions, forked: bool) -> 
 
     set_credentials(u, &cfg.caps, cfg.privileged)?;
 
-    let env: Vec<CString> = p.env.iter().map(|(k, v)| CString::new(format!("{k}={v}"))).collect::<Result<_, _>>()?;
+    let own_pid = nix::unistd::getpid().as_raw().to_string();
+    let env: Vec<CString> = p
+        .env
+        .iter()
+        .filter(|(k, _)| !cfg.own_pid_env.contains(k))
+        .map(|(k, v)| CString::new(format!("{k}={v}")))
+        .chain(cfg.own_pid_env.iter().map(|k| CString::new(format!("{k}={own_pid}"))))
+        .collect::<Result<_, _>>()?;
     let args: Vec<CString> = p.args.iter().map(|a| CString::new(a.as_str())).collect::<Result<_, _>>()?;
     let path = p.env.iter().find(|(k, _)| k == "PATH").map_or(super::spec::DEFAULT_PATH, |(_, v)| v.as_str());
     let mut candidates: Vec<String> = Vec::new();
@@ -406,7 +455,8 @@ fn exec_app(p: &Process, u: &user::ExecUser, cfg: &AppOptions, forked: bool) -> 
 }
 
 fn unsafe_borrow(fd: RawFd) -> BorrowedFd<'static> {
-    // SAFETY: fds 0-2 stay open for the life of the process.
+    // SAFETY: used for fds 0-2, the passed-through fds and our slots, which stay open
+    // while borrowed.
     unsafe { BorrowedFd::borrow_raw(fd) }
 }
 

@@ -92,7 +92,14 @@ pub fn exec(state_dir: &Path, r: ExecRequest) -> Result<Outcome, RunError> {
     setns(pidfd.as_fd(), ns).map_err(|e| setup("join the container's namespaces", e))?;
     let child = ExecChild {
         process,
-        app: AppOptions { caps, privileged: s.privileged, tty: r.tty, winsize, interactive: r.interactive },
+        app: AppOptions {
+            caps,
+            privileged: s.privileged,
+            tty: r.tty,
+            winsize,
+            interactive: r.interactive,
+            own_pid_env: Vec::new(),
+        },
         pipes: Some(ChildPipes {
             alive: None,
             started: Some(started_w),
@@ -103,6 +110,9 @@ pub fn exec(state_dir: &Path, r: ExecRequest) -> Result<Outcome, RunError> {
                 .map(|(_, theirs)| theirs.try_clone())
                 .transpose()
                 .map_err(|e| setup("dup socket", e))?,
+            exec: None,
+            notify: None,
+            preserve: 0,
         }),
     };
     let child_pidfd = match sys::clone3_fork(0).map_err(|e| setup("clone3", e))? {
@@ -121,7 +131,7 @@ pub fn exec(state_dir: &Path, r: ExecRequest) -> Result<Outcome, RunError> {
     drop(console);
     let _raw =
         (master.is_some() && nix::unistd::isatty(std::io::stdin()).unwrap_or(false)).then(super::tty::RawMode::enter);
-    let status = supervise(&sfd, &child_pidfd, master.as_ref(), r.interactive);
+    let status = supervise(&sfd, &child_pidfd, master.as_ref(), r.interactive, None);
     let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
     outcome(status?, error_r, None)
 }

@@ -20,6 +20,7 @@ use nix::unistd::pipe2;
 
 use super::container::{self, AppOptions, ChildConfig, ChildPipes, EXIT_SETUP};
 use super::mounts::{self, PlanOptions};
+use super::notify;
 use super::rootfs::Overlay;
 use super::spec::Process;
 use super::state::{self, State};
@@ -45,7 +46,18 @@ pub struct Launch {
     pub read_only: bool,
     pub scratch: Scratch,
     pub network_none: bool,
+    /// The supervisor's NOTIFY_SOCKET and what to do with it (`--sdnotify`).
+    pub notify: Option<(notify::Mode, notify::Target)>,
+    /// fds 3..3+N passed through to the app (socket activation, `--preserve-fds`).
+    pub preserve_fds: i32,
+    /// Environment variables set to the app's own PID in its namespace (LISTEN_PID,
+    /// WATCHDOG_PID).
+    pub own_pid_env: Vec<String>,
     pub pid_file: Option<PathBuf>,
+    /// `--cidfile`: the container ID is written there once the app starts.
+    pub cidfile: Option<PathBuf>,
+    /// `--replace`: a running container with our name is stopped first.
+    pub replace: bool,
 }
 
 /// Where the container's writable layer (overlay upper and work dirs) and its /etc
@@ -131,7 +143,7 @@ pub fn run(l: Launch) -> Result<Outcome, RunError> {
     // A --name must be free among running containers; the names lock is held until our
     // state exists, so two runs with one name cannot both start.
     let name_lock = match &l.name {
-        Some(n) => Some(claim_name(&l.state_dir, n)?),
+        Some(n) => Some(claim_name(&l.state_dir, n, l.replace)?),
         None => None,
     };
 
@@ -173,12 +185,17 @@ pub fn run(l: Launch) -> Result<Outcome, RunError> {
     let files = etc_files(&hostname);
     let mut plan = l.plan.clone();
     plan.etc_files = files.iter().map(|(file, _, target)| (dir.join(file), *target)).collect();
+    let relay = matches!(l.notify, Some((notify::Mode::Container, _)));
+    if relay {
+        plan.notify_socket = Some(dir.join(notify::SCRATCH_NAME));
+    }
     let scratch = container::Scratch {
         tmpfs: match &l.scratch {
             Scratch::Tmpfs(size) => Some(size.clone()),
             Scratch::Store => None,
         },
         files: files.into_iter().map(|(file, content, _)| (file, content)).collect(),
+        notify: relay,
         dir,
     };
 
@@ -214,6 +231,13 @@ fn launch(
     let (started_r, started_w) = pipe()?;
     let (status_r, status_w) = pipe()?;
     let (error_r, error_w) = pipe()?;
+    let (exec_r, exec_w) = pipe()?;
+    let relay = match &l.notify {
+        Some((notify::Mode::Container, target)) => {
+            Some(notify::Relay::new(target.clone()).map_err(|e| RunError::setup("notify socket", e))?)
+        }
+        _ => None,
+    };
     let console =
         if l.tty { Some(super::tty::socketpair().map_err(|e| RunError::setup("socketpair", e))?) } else { None };
     let _raw = (l.tty && nix::unistd::isatty(std::io::stdin()).unwrap_or(false)).then(super::tty::RawMode::enter);
@@ -239,6 +263,7 @@ fn launch(
             tty: l.tty,
             winsize: if l.tty { super::tty::own_window_size() } else { None },
             interactive: l.interactive,
+            own_pid_env: l.own_pid_env.clone(),
         },
         init: l.init,
         read_only: l.read_only,
@@ -253,6 +278,13 @@ fn launch(
                 .map(|(_, theirs)| theirs.try_clone())
                 .transpose()
                 .map_err(|e| RunError::setup("dup socket", e))?,
+            exec: Some(exec_w),
+            notify: relay
+                .as_ref()
+                .map(|r| r.socket().try_clone_to_owned())
+                .transpose()
+                .map_err(|e| RunError::setup("dup socket", e))?,
+            preserve: l.preserve_fds,
         }),
     };
     let (init_pid, pidfd) = match sys::clone3_fork(flags).map_err(|e| RunError::setup("clone3", e))? {
@@ -303,37 +335,68 @@ fn launch(
                 privileged: plan.privileged,
             };
             let held = state::create(&l.state_dir, &s).map_err(|e| RunError::setup("write state", e))?;
-            // The pid file last: whoever waits for it finds the container in `ps` too.
-            if let Some(p) = &l.pid_file {
-                write_pid_file(p, pid).map_err(|e| RunError::setup(&format!("write pid file {}", p.display()), e))?;
+            // The ID and pid files last: whoever waits for them finds the container in
+            // `ps` too.
+            if let Some(p) = &l.cidfile {
+                write_file_atomic(p, id).map_err(|e| RunError::setup(&format!("write cidfile {}", p.display()), e))?;
             }
+            if let Some(p) = &l.pid_file {
+                write_file_atomic(p, &pid.to_string())
+                    .map_err(|e| RunError::setup(&format!("write pid file {}", p.display()), e))?;
+            }
+            crate::log::debug(&format!("container {id} ({name}) started: app pid {pid}, init pid {init_pid}"));
             Some(held)
         }
         None => None,
     };
 
     drop(name_lock);
-    let init_status = supervise(&sfd, &pidfd, master.as_ref(), l.interactive)?;
-    // The pid file names a process that is gone now: remove it (if it is still ours).
+    let mut watch = Watch {
+        relay: relay.as_ref(),
+        exec: Some(exec_r),
+        announce: match &l.notify {
+            Some((notify::Mode::Started, target)) => Some(target),
+            _ => None,
+        },
+    };
+    let init_status = supervise(&sfd, &pidfd, master.as_ref(), l.interactive, Some(&mut watch))?;
+    // The pid and ID files name a container that is gone now: remove them (if they
+    // are still ours).
     if let (Some(p), Some(pid)) = (&l.pid_file, app_pid) {
         if fs::read_to_string(p).is_ok_and(|c| c.trim() == pid.to_string()) {
+            let _ = fs::remove_file(p);
+        }
+    }
+    if let (Some(p), Some(_)) = (&l.cidfile, app_pid) {
+        if fs::read_to_string(p).is_ok_and(|c| c.trim() == id) {
             let _ = fs::remove_file(p);
         }
     }
     outcome(init_status, error_r, Some(status_r))
 }
 
-/// Takes the names lock of the state dir and checks `name` is free.
-fn claim_name(state_dir: &Path, name: &str) -> Result<Lock, RunError> {
+/// Takes the names lock of the state dir and checks `name` is free; with `replace`, a
+/// running container of that name is stopped first (under the lock, so that no other
+/// run takes the name meanwhile).
+fn claim_name(state_dir: &Path, name: &str, replace: bool) -> Result<Lock, RunError> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(state_dir)
         .map_err(|e| RunError::setup("create state dir", e))?;
     let lock = Lock::exclusive(&state_dir.join("names.lock")).map_err(|e| RunError::setup("lock names", e))?;
-    if let Some(other) =
-        state::list(state_dir).map_err(|e| RunError::setup("read state", e))?.into_iter().find(|s| s.name == name)
-    {
+    let find = || -> Result<Option<State>, RunError> {
+        Ok(state::list(state_dir).map_err(|e| RunError::setup("read state", e))?.into_iter().find(|s| s.name == name))
+    };
+    if let (Some(other), true) = (find()?, replace) {
+        crate::log::info(&format!("--replace: stopping running container {} ({name})", &other.id[..12]));
+        match super::control::stop(state_dir, &other.id, std::time::Duration::from_secs(10)) {
+            // It ended by itself meanwhile.
+            Ok(_) | Err(super::control::ControlError::NotFound(_)) => {}
+            Err(e) => return Err(RunError::setup(&format!("--replace: stop {}", &other.id[..12]), e)),
+        }
+    }
+    if let Some(other) = find()? {
         return Err(RunError {
             code: EXIT_SETUP,
             message: format!(
@@ -345,13 +408,53 @@ fn claim_name(state_dir: &Path, name: &str) -> Result<Lock, RunError> {
     Ok(lock)
 }
 
-/// Forwards signals to `pidfd`'s process and relays the pty until that process exits;
-/// returns its wait status.
+/// What `coracle run` watches besides signals and the pty: the container's sd_notify
+/// socket, and the app's exec pipe (EOF without data: the app was exec'd; then
+/// `--sdnotify=started` sends READY=1).
+pub(crate) struct Watch<'a> {
+    pub relay: Option<&'a notify::Relay>,
+    pub exec: Option<OwnedFd>,
+    pub announce: Option<&'a notify::Target>,
+}
+
+impl Watch<'_> {
+    fn exec_pipe_ready(&mut self) {
+        let Some(fd) = self.exec.take() else { return };
+        let mut b = [0u8; 1];
+        match nix::unistd::read(&fd, &mut b) {
+            Err(Errno::EINTR | Errno::EAGAIN) => self.exec = Some(fd),
+            // EOF: the app's execve succeeded (its copy was close-on-exec).
+            Ok(0) => {
+                if let Some(t) = self.announce {
+                    match t.send("READY=1") {
+                        Ok(()) => crate::log::debug("sent READY=1 to NOTIFY_SOCKET (--sdnotify=started)"),
+                        Err(e) => crate::log::warn(&format!("sending READY=1 to NOTIFY_SOCKET: {e}")),
+                    }
+                }
+            }
+            // A byte or an error: the app never ran.
+            _ => {}
+        }
+    }
+
+    fn relay_ready(&self) {
+        for r in self.relay.map(|r| r.pump()).unwrap_or_default() {
+            match r {
+                Ok(msg) => crate::log::debug(&format!("relayed to NOTIFY_SOCKET: {}", msg.replace('\n', " "))),
+                Err(e) => crate::log::warn(&e),
+            }
+        }
+    }
+}
+
+/// Forwards signals to `pidfd`'s process and relays the pty (and, for `run`, what
+/// [`Watch`] holds) until that process exits; returns its wait status.
 pub(crate) fn supervise(
     sfd: &SignalFd,
     pidfd: &OwnedFd,
     master: Option<&OwnedFd>,
     interactive: bool,
+    mut watch: Option<&mut Watch<'_>>,
 ) -> Result<WaitStatus, RunError> {
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();
@@ -365,6 +468,18 @@ pub(crate) fn supervise(
         if relay_stdin {
             fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
         }
+        // Optional watches go last, at indexes found by position.
+        let base = fds.len();
+        let (relay_fd, exec_fd) = match &watch {
+            Some(w) => (w.relay.map(|r| r.socket()), w.exec.as_ref().map(|f| f.as_fd())),
+            None => (None, None),
+        };
+        if let Some(f) = relay_fd {
+            fds.push(PollFd::new(f, PollFlags::POLLIN));
+        }
+        if let Some(f) = exec_fd {
+            fds.push(PollFd::new(f, PollFlags::POLLIN));
+        }
         match poll(&mut fds, PollTimeout::NONE) {
             Err(Errno::EINTR) => continue,
             Err(e) => return Err(RunError::setup("poll", e)),
@@ -373,7 +488,17 @@ pub(crate) fn supervise(
         let ready = |i: usize| fds.get(i).and_then(|f| f.revents()).is_some_and(|r| !r.is_empty());
         let (sig_ready, exited, out_ready) = (ready(0), ready(1), relay_out && ready(2));
         let in_ready = relay_stdin && ready(if relay_out { 3 } else { 2 });
+        let notify_ready = relay_fd.is_some() && ready(base);
+        let exec_ready = exec_fd.is_some() && ready(base + usize::from(relay_fd.is_some()));
         drop(fds);
+        if let Some(w) = watch.as_deref_mut() {
+            if notify_ready {
+                w.relay_ready();
+            }
+            if exec_ready {
+                w.exec_pipe_ready();
+            }
+        }
         if sig_ready {
             while let Ok(Some(info)) = sfd.read_signal() {
                 let sig = info.ssi_signo as i32;
@@ -400,6 +525,10 @@ pub(crate) fn supervise(
         if exited {
             break;
         }
+    }
+    // Messages sent just before the app exited.
+    if let Some(w) = watch.as_deref() {
+        w.relay_ready();
     }
     if let Some(m) = master {
         // What the app wrote just before exiting is still in the pty.
@@ -447,10 +576,11 @@ fn first_child(init: i32) -> Option<i32> {
     s.split_whitespace().next()?.parse().ok()
 }
 
-fn write_pid_file(path: &Path, pid: i32) -> io::Result<()> {
+/// `content` and a newline in `path`, by rename from a temporary file next to it.
+fn write_file_atomic(path: &Path, content: &str) -> io::Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new().prefix(".coracle-pid-").tempfile_in(dir)?;
-    io::Write::write_all(&mut tmp, format!("{pid}\n").as_bytes())?;
+    let mut tmp = tempfile::Builder::new().prefix(".coracle-").tempfile_in(dir)?;
+    io::Write::write_all(&mut tmp, format!("{content}\n").as_bytes())?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
 }

@@ -7,6 +7,7 @@ pub mod control;
 pub mod exec;
 pub mod launch;
 pub mod mounts;
+pub mod notify;
 pub mod rootfs;
 pub mod spec;
 pub mod state;

@@ -122,6 +122,9 @@ pub struct PlanOptions {
     pub tmpfs: Vec<String>,
     /// Host files to show at /etc/hosts, /etc/hostname, /etc/resolv.conf.
     pub etc_files: Vec<(PathBuf, &'static str)>,
+    /// The sd_notify relay socket (in the scratch dir), shown at
+    /// [`super::notify::CONTAINER_PATH`].
+    pub notify_socket: Option<PathBuf>,
 }
 
 const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV).union(MsFlags::MS_NOEXEC);
@@ -144,6 +147,15 @@ pub fn plan(o: &PlanOptions) -> Vec<Mount> {
         m.push(Mount {
             target: (*target).into(),
             source: Source::Bind(src.clone()),
+            flags: MsFlags::MS_BIND,
+            data: String::new(),
+            kind: Target::File,
+        });
+    }
+    if let Some(sock) = &o.notify_socket {
+        m.push(Mount {
+            target: super::notify::CONTAINER_PATH.into(),
+            source: Source::Bind(sock.clone()),
             flags: MsFlags::MS_BIND,
             data: String::new(),
             kind: Target::File,

@@ -9,7 +9,7 @@
 
 use std::ffi::{CString, OsStr};
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -64,6 +64,7 @@ pub fn prepare_scratch(
     dir: &Path,
     tmpfs: Option<&Option<String>>,
     files: &[(&str, String)],
+    notify: Option<BorrowedFd<'_>>,
 ) -> Result<PathBuf, RootfsError> {
     if let Some(size) = tmpfs {
         let fc = FsContext::open(c"tmpfs").map_err(err("fsopen tmpfs for", dir))?;
@@ -89,6 +90,15 @@ pub fn prepare_scratch(
         )
         .map_err(nerr("create", dir.join(name)))?;
         io::Write::write_all(&mut std::fs::File::from(f), content.as_bytes()).map_err(err("write", dir.join(name)))?;
+    }
+    if let Some(sock) = notify {
+        // Relative to the dir: a socket path must fit in 108 bytes, a store root need not.
+        let cwd = std::env::current_dir().map_err(err("getcwd", dir))?;
+        fchdir(&d).map_err(nerr("chdir", dir))?;
+        let addr = nix::sys::socket::UnixAddr::new(super::notify::SCRATCH_NAME).map_err(nerr("socket address", dir))?;
+        let bound = nix::sys::socket::bind(sock.as_raw_fd(), &addr).map_err(nerr("bind notify socket in", dir));
+        std::env::set_current_dir(&cwd).map_err(err("chdir", &cwd))?;
+        bound?;
     }
     Ok(dir.join("rootfs"))
 }
