@@ -247,11 +247,18 @@ pub fn import_manifest(
         .collect();
     let size = cfg.diff_ids.iter().map(|d| sizes.get(d).copied().unwrap_or(0)).sum();
 
-    for b in pending_blobs {
-        store.commit_blob(b)?;
-    }
-    for p in pending_layers {
-        store.commit_layer(p)?;
+    // Durability in two syncfs calls for the whole image, not fsyncs per file and layer:
+    // every extracted tree and blob first, then the renames that make them visible, then
+    // (below) the records that name them.
+    if !pending_blobs.is_empty() || !pending_layers.is_empty() {
+        store.sync()?;
+        for b in pending_blobs {
+            store.commit_blob(b)?;
+        }
+        for p in pending_layers {
+            store.commit_layer(p)?;
+        }
+        store.sync()?;
     }
     store.put_blob(&m.config.digest, Some(m.config.size), &cfg_bytes)?;
     store.put_blob(&r.digest, Some(r.bytes.len() as u64), &r.bytes)?;

@@ -5,13 +5,13 @@
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
 use super::lock::Lock;
-use super::{blobs::verify, fsync_dir, Result, Store, StoreError};
+use super::{blobs::verify, Result, Store, StoreError};
 use crate::digest::Digest;
 use crate::layer::{self, Limits};
 
@@ -117,15 +117,31 @@ impl Store {
         Ok(PendingBlob { tmp, digest: d.clone() })
     }
 
+    /// Makes a pending blob visible by one rename. Not durable by itself: the caller has
+    /// made its data durable ([`Store::sync`]) before, and syncs the rename after.
     pub fn commit_blob(&self, p: PendingBlob) -> Result<()> {
         if self.has_blob(&p.digest) {
             return Ok(());
         }
-        self.commit_blob_file(p.tmp, &p.digest)
+        fs::set_permissions(p.tmp.path(), fs::Permissions::from_mode(0o644))
+            .map_err(StoreError::io("chmod", p.tmp.path()))?;
+        let target = self.blob_path(&p.digest);
+        p.tmp.persist(&target).map_err(|e| StoreError::Io { action: "rename into", path: target.clone(), source: e.error })?;
+        Ok(())
+    }
+
+    /// One syncfs(2) of the store's filesystem: every file, directory and rename in it
+    /// durable at once. An import calls it twice: after extracting every layer (before
+    /// any commit, so no rename can outlive a crash without its data) and after the
+    /// commits (before the image record that refers to them).
+    pub fn sync(&self) -> Result<()> {
+        let root = File::open(self.root()).map_err(StoreError::io("open", self.root()))?;
+        nix::unistd::syncfs(&root).map_err(|e| StoreError::Io { action: "syncfs", path: self.root().into(), source: e.into() })
     }
 
     /// Extracts a layer blob into tmp/: verified (blob digest and size when known, diff-id
-    /// when known), durable (one syncfs), marked, but not yet visible.
+    /// when known) and marked, but neither durable nor visible: the caller syncs the store
+    /// once for every layer of an import ([`Store::sync`]), then commits.
     pub fn extract_layer<R: Read + Send>(
         &self,
         blob: &LayerBlob,
@@ -140,7 +156,6 @@ impl Store {
         let root = dir.path().join("root");
         fs::DirBuilder::new().mode(0o755).create(&root).map_err(StoreError::io("create", &root))?;
         let root_fd: OwnedFd = File::open(&root).map_err(StoreError::io("open", &root))?.into();
-        let sync_fd = root_fd.try_clone().map_err(StoreError::io("dup", &root))?;
         let mut blob_file = tempfile::Builder::new()
             .prefix("blob-")
             .tempfile_in(&tmp)
@@ -161,13 +176,6 @@ impl Store {
                 });
             }
         }
-        // One syncfs makes every extracted file and the blob copy durable (instead of
-        // an fsync per file).
-        nix::unistd::syncfs(&sync_fd).map_err(|e| StoreError::Io {
-            action: "syncfs",
-            path: root.clone(),
-            source: e.into(),
-        })?;
         let marker = LayerMarker {
             diff_id: un.diff_id.clone(),
             size: un.diff_size,
@@ -180,14 +188,14 @@ impl Store {
         {
             use std::io::Write;
             let mut f = File::create(&marker_path).map_err(StoreError::io("create", &marker_path))?;
-            f.write_all(&json).and_then(|_| f.sync_all()).map_err(StoreError::io("write", &marker_path))?;
+            f.write_all(&json).map_err(StoreError::io("write", &marker_path))?;
         }
-        fsync_dir(dir.path())?;
         Ok(PendingLayer { dir, blob: PendingBlob { tmp: blob_file, digest: un.blob_digest }, marker })
     }
 
     /// Makes an extracted layer (and its blob) visible: blob first, then the directory
-    /// by one rename. The caller holds the layer's lock.
+    /// by one rename. The caller holds the layer's lock, has synced the store before
+    /// (the layer's data) and syncs it after (the renames).
     pub fn commit_layer(&self, p: PendingLayer) -> Result<LayerMarker> {
         let PendingLayer { dir, blob, marker } = p;
         self.commit_blob(blob)?;
@@ -211,7 +219,6 @@ impl Store {
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY | libc::EEXIST)) => {}
             Err(e) => return Err(StoreError::Io { action: "rename into", path: target, source: e }),
         }
-        fsync_dir(target.parent().unwrap_or(self.root()))?;
         Ok(marker)
     }
 
