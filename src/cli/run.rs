@@ -10,8 +10,8 @@ use crate::image::{self, lookup};
 use crate::run::capabilities;
 use crate::run::launch::{self, Launch, Outcome, Scratch};
 use crate::run::mounts::{PlanOptions, Volume};
-use crate::run::notify;
 use crate::run::spec::{self, ImageDefaults, ProcessOptions};
+use crate::run::{notify, seccomp};
 use crate::store::Store;
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -106,6 +106,10 @@ pub struct RunArgs {
     /// Pass N more open fds to the app: 3, 4, … (after socket activation's LISTEN_FDS)
     #[arg(long = "preserve-fds", value_name = "N", default_value_t = 0)]
     preserve_fds: u16,
+    /// seccomp=unconfined, or seccomp=FILE (a docker-format JSON profile) instead of the
+    /// default profile
+    #[arg(long = "security-opt", value_name = "seccomp=unconfined|FILE")]
+    security_opt: Vec<String>,
     /// Accepted for docker compatibility: containers are always removed on exit
     #[arg(long)]
     rm: bool,
@@ -261,6 +265,18 @@ pub fn run(store: &Store, state: PathBuf, a: RunArgs) -> CmdResult {
         }
     }
     let caps = capabilities::compute(&a.cap_add, &a.cap_drop, a.privileged, &capabilities::own())?;
+    let mut profile = seccomp::Profile::Default;
+    for o in &a.security_opt {
+        match o.split_once(['=', ':']) {
+            Some(("seccomp", v)) if !v.is_empty() => profile = seccomp::Profile::parse(v),
+            _ => return Err(fail(format!("--security-opt {o:?}: only seccomp=unconfined|FILE is supported"))),
+        }
+    }
+    if let seccomp::Profile::File(p) = &mut profile {
+        // Absolute, so that `coracle exec` finds the same file from anywhere.
+        *p = std::fs::canonicalize(&*p).map_err(|e| fail(format!("seccomp profile {}: {e}", p.display())))?;
+    }
+    let seccomp_filters = seccomp::filters(&profile, &caps, a.privileged)?;
     let outcome = launch::run(Launch {
         store: store.clone(),
         state_dir: state,
@@ -287,6 +303,8 @@ pub fn run(store: &Store, state: PathBuf, a: RunArgs) -> CmdResult {
         own_pid_env,
         cidfile: a.cidfile,
         replace: a.replace,
+        seccomp: seccomp_filters,
+        seccomp_profile: profile.describe(),
         network_none: a.network == Network::None,
         pid_file: a.pid_file,
     })

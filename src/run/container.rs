@@ -67,6 +67,8 @@ pub struct AppOptions {
     /// Environment variables set to the app's own PID (in its namespace) just before
     /// exec: LISTEN_PID for socket activation, WATCHDOG_PID for the sd_notify watchdog.
     pub own_pid_env: Vec<String>,
+    /// Installed last before execve (after capabilities and no_new_privs).
+    pub seccomp: Option<super::seccomp::Filters>,
 }
 
 /// What `coracle exec` hands its child (already inside the container's namespaces).
@@ -409,6 +411,9 @@ fn exec_app(p: &Process, u: &user::ExecUser, cfg: &AppOptions, forked: bool) -> 
     drop((root, wd));
 
     set_credentials(u, &cfg.caps, cfg.privileged)?;
+    if let Some(f) = &cfg.seccomp {
+        super::seccomp::install(f).map_err(|e| Failure(EXIT_SETUP, format!("seccomp: {e}")))?;
+    }
 
     let own_pid = nix::unistd::getpid().as_raw().to_string();
     let env: Vec<CString> = p

@@ -68,6 +68,8 @@ pub fn exec(state_dir: &Path, r: ExecRequest) -> Result<Outcome, RunError> {
         user: r.user.clone().unwrap_or_else(|| s.user.clone()),
     };
     let caps: CapsHashSet = s.caps.iter().filter_map(|c| c.parse::<Capability>().ok()).collect();
+    let profile = super::seccomp::Profile::parse(&s.seccomp);
+    let seccomp = super::seccomp::filters(&profile, &caps, s.privileged).map_err(|e| setup("seccomp", e))?;
 
     let mut old_mask = SigSet::empty();
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), Some(&mut old_mask))
@@ -99,6 +101,7 @@ pub fn exec(state_dir: &Path, r: ExecRequest) -> Result<Outcome, RunError> {
             winsize,
             interactive: r.interactive,
             own_pid_env: Vec::new(),
+            seccomp,
         },
         pipes: Some(ChildPipes {
             alive: None,

@@ -58,6 +58,9 @@ pub struct Launch {
     pub cidfile: Option<PathBuf>,
     /// `--replace`: a running container with our name is stopped first.
     pub replace: bool,
+    /// The app's seccomp filters (none: unconfined) and the profile they came from.
+    pub seccomp: Option<super::seccomp::Filters>,
+    pub seccomp_profile: String,
 }
 
 /// Where the container's writable layer (overlay upper and work dirs) and its /etc
@@ -264,6 +267,7 @@ fn launch(
             winsize: if l.tty { super::tty::own_window_size() } else { None },
             interactive: l.interactive,
             own_pid_env: l.own_pid_env.clone(),
+            seccomp: l.seccomp.clone(),
         },
         init: l.init,
         read_only: l.read_only,
@@ -333,6 +337,7 @@ fn launch(
                     c
                 },
                 privileged: plan.privileged,
+                seccomp: l.seccomp_profile.clone(),
             };
             let held = state::create(&l.state_dir, &s).map_err(|e| RunError::setup("write state", e))?;
             // The ID and pid files last: whoever waits for them finds the container in

@@ -9,6 +9,7 @@ pub mod launch;
 pub mod mounts;
 pub mod notify;
 pub mod rootfs;
+pub mod seccomp;
 pub mod spec;
 pub mod state;
 pub mod tty;

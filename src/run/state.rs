@@ -30,6 +30,14 @@ pub struct State {
     pub user: String,
     pub caps: Vec<String>,
     pub privileged: bool,
+    /// `--security-opt seccomp=`: `default`, `unconfined` or the profile's path, which
+    /// `exec` applies to the processes it adds.
+    #[serde(default = "default_seccomp")]
+    pub seccomp: String,
+}
+
+fn default_seccomp() -> String {
+    "default".into()
 }
 
 /// A state entry held by this process; removed on drop.

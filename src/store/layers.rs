@@ -126,7 +126,11 @@ impl Store {
         fs::set_permissions(p.tmp.path(), fs::Permissions::from_mode(0o644))
             .map_err(StoreError::io("chmod", p.tmp.path()))?;
         let target = self.blob_path(&p.digest);
-        p.tmp.persist(&target).map_err(|e| StoreError::Io { action: "rename into", path: target.clone(), source: e.error })?;
+        p.tmp.persist(&target).map_err(|e| StoreError::Io {
+            action: "rename into",
+            path: target.clone(),
+            source: e.error,
+        })?;
         Ok(())
     }
 
@@ -136,7 +140,11 @@ impl Store {
     /// commits (before the image record that refers to them).
     pub fn sync(&self) -> Result<()> {
         let root = File::open(self.root()).map_err(StoreError::io("open", self.root()))?;
-        nix::unistd::syncfs(&root).map_err(|e| StoreError::Io { action: "syncfs", path: self.root().into(), source: e.into() })
+        nix::unistd::syncfs(&root).map_err(|e| StoreError::Io {
+            action: "syncfs",
+            path: self.root().into(),
+            source: e.into(),
+        })
     }
 
     /// Extracts a layer blob into tmp/: verified (blob digest and size when known, diff-id

@@ -78,6 +78,7 @@ const VERBS: &[Verb] = &[
     verb("stat", "PATH", stat),
     verb("sleep", "SECS", sleep),
     verb("exit", "CODE", exit),
+    verb("syscall", "NR [ARG...]", raw_syscall),
     verb("kill-self", "SIG", kill_self),
     verb("trap", "SIG...", trap),
     verb("signals", "", signals),
@@ -553,6 +554,33 @@ fn sleep(args: &[OsString]) -> Result<c_int> {
 fn exit(args: &[OsString]) -> Result<c_int> {
     let [code] = exact(args)?;
     parse(code, "exit code")
+}
+
+/// Makes system call NR with up to 6 integer arguments; prints `ok RET` or
+/// `errno N` (the seccomp tests look for EPERM, ENOSYS).
+fn raw_syscall(args: &[OsString]) -> Result<c_int> {
+    if args.is_empty() || args.len() > 7 {
+        return Err(Error::Usage("syscall NR [ARG...] (at most 6 arguments)".into()));
+    }
+    let mut v = [0 as libc::c_long; 7];
+    for (i, a) in args.iter().enumerate() {
+        let s = a.to_str().ok_or_else(|| Error::Usage("arguments are integers".into()))?;
+        v[i] = match s.strip_prefix("0x") {
+            Some(hex) => libc::c_long::from_str_radix(hex, 16),
+            None => s.parse(),
+        }
+        .map_err(|_| Error::Usage(format!("{s:?} is not an integer")))?;
+    }
+    // SAFETY: the caller chooses a call whose integer arguments are harmless (the tests
+    // use refused or unknown calls, and flags that make the kernel reject the call).
+    let r = unsafe { libc::syscall(v[0], v[1], v[2], v[3], v[4], v[5], v[6]) };
+    let mut out = out();
+    if r < 0 {
+        writeln!(out, "errno {}", io::Error::last_os_error().raw_os_error().unwrap_or(0))?;
+    } else {
+        writeln!(out, "ok {r}")?;
+    }
+    Ok(0)
 }
 
 fn kill_self(args: &[OsString]) -> Result<c_int> {
