@@ -328,3 +328,18 @@ pub fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
     // SAFETY: plain syscall returning a new fd.
     check_fd(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })
 }
+
+/// Whether clone3(2) is there, without creating anything: a zero-sized `clone_args` is
+/// refused with EINVAL by a kernel that has it, ENOSYS otherwise (also what seccomp
+/// filters that hide clone3 answer).
+pub fn clone3_available() -> io::Result<()> {
+    // SAFETY: a null pointer with size 0 is rejected by the size check before the kernel
+    // reads any memory; nothing is created.
+    let r = unsafe { libc::syscall(libc::SYS_clone3, std::ptr::null::<CloneArgs>(), 0usize) };
+    let e = io::Error::last_os_error();
+    if r < 0 && e.raw_os_error() == Some(libc::EINVAL) {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}

@@ -13,6 +13,10 @@ mod progress;
 mod ps;
 mod run;
 
+mod completion;
+mod info;
+mod version;
+
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -23,7 +27,8 @@ use crate::store::Store;
 pub const EXIT_ERROR: i32 = 125;
 
 #[derive(Parser, Debug)]
-#[command(name = "coracle", version, about = "A daemonless container runtime", propagate_version = true)]
+#[command(name = "coracle", version = version::VERSION, about = "A daemonless container runtime")]
+#[command(propagate_version = true)]
 pub struct Cli {
     /// Store directory.
     #[arg(long, global = true, env = "CORACLE_ROOT", default_value = "/var/lib/coracle", value_name = "DIR")]
@@ -31,6 +36,10 @@ pub struct Cli {
     /// Directory for the state of running containers.
     #[arg(long, global = true, env = "CORACLE_STATE", default_value = "/run/coracle", value_name = "DIR")]
     state: PathBuf,
+    /// Which of coracle's own diagnostics to print on stderr (errors always end a
+    /// failing command's output)
+    #[arg(long, global = true, env = "CORACLE_LOG_LEVEL", value_enum, default_value = "warn", value_name = "LEVEL")]
+    log_level: crate::log::Level,
     #[command(subcommand)]
     command: Command,
 }
@@ -70,6 +79,15 @@ enum Command {
     Gc,
     /// Verify every blob, layer and image record; --repair drops what is broken
     Fsck(fsck::FsckArgs),
+    /// Show coracle's version, the git revision and the target it was built from
+    Version,
+    /// Show the store, the state directory and the kernel features coracle relies on
+    Info(info::InfoArgs),
+    /// Print the completion script for a shell (bash, zsh or fish)
+    Completion(completion::CompletionArgs),
+    /// Write the man pages (coracle.1, coracle-COMMAND.1) into a directory
+    #[command(hide = true)]
+    GenerateMan(completion::GenerateManArgs),
 }
 
 /// A command's failure: its message and the exit code it maps to.
@@ -106,6 +124,7 @@ pub fn main() -> i32 {
             return EXIT_ERROR;
         }
     };
+    crate::log::set_level(cli.log_level);
     let verb = command_name(&cli.command);
     match run(cli) {
         Ok(code) => code,
@@ -135,6 +154,10 @@ fn command_name(c: &Command) -> &'static str {
         Command::Kill(_) => "kill",
         Command::Stop(_) => "stop",
         Command::Fsck(_) => "fsck",
+        Command::Version => "version",
+        Command::Info(_) => "info",
+        Command::Completion(_) => "completion",
+        Command::GenerateMan(_) => "generate-man",
     }
 }
 
@@ -143,6 +166,10 @@ fn run(cli: Cli) -> CmdResult {
     match cli.command {
         Command::Login(a) => return login::login(a),
         Command::Logout(a) => return login::logout(a),
+        Command::Version => return version::version(),
+        Command::Info(a) => return info::info(&cli.root, &cli.state, a),
+        Command::Completion(a) => return completion::completion(a),
+        Command::GenerateMan(a) => return completion::generate_man(a),
         _ => {}
     }
     let store = Store::open(&cli.root)?;
@@ -158,6 +185,9 @@ fn run(cli: Cli) -> CmdResult {
         Command::Run(a) => run::run(&store, cli.state, *a),
         Command::Ps(a) => ps::ps(&cli.state, a),
         Command::Login(_) | Command::Logout(_) => unreachable!("handled above"),
+        Command::Version | Command::Info(_) | Command::Completion(_) | Command::GenerateMan(_) => {
+            unreachable!("handled above")
+        }
         Command::Exec(a) => exec::exec(&cli.state, a),
         Command::Kill(a) => ps::kill(&cli.state, a),
         Command::Stop(a) => ps::stop(&cli.state, a),

@@ -1,5 +1,6 @@
 //! The content-addressed store under `--root`: layout, atomic writes, and the store-wide
-//! lock. Each kind of object has its own file: blobs, layers, images, refs, gc, fsck.
+//! lock. Each kind of object has its own file: blobs, layers, images, refs, gc, fsck,
+//! usage.
 //!
 //! Layout (docs/on-disk-format.md):
 //! ```text
@@ -20,6 +21,7 @@ pub mod images;
 pub mod layers;
 pub mod lock;
 pub mod refs;
+pub mod usage;
 
 use std::fs::{self, DirBuilder, File};
 use std::io::{self, Write};
