@@ -343,3 +343,21 @@ pub fn clone3_available() -> io::Result<()> {
         Err(e)
     }
 }
+
+/// seccomp(2) SECCOMP_SET_MODE_FILTER with a compiled program. Unlike seccompiler's
+/// `apply_filter` it does not set no_new_privs itself: the caller has (unprivileged
+/// apps) or holds CAP_SYS_ADMIN (`--privileged` with an explicit profile).
+pub fn seccomp_install(prog: &[seccompiler::sock_filter]) -> io::Result<()> {
+    const _: () = assert!(std::mem::size_of::<seccompiler::sock_filter>() == std::mem::size_of::<libc::sock_filter>());
+    let len = u16::try_from(prog.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let fprog = libc::sock_fprog { len, filter: prog.as_ptr() as *mut libc::sock_filter };
+    // SAFETY: fprog points at `len` instructions laid out as the kernel's sock_filter
+    // (same size and fields); the kernel copies them before returning.
+    let r = unsafe {
+        libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &fprog as *const libc::sock_fprog)
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -1891,3 +1891,24 @@ fn seccomp_default_profile_and_its_options() {
     fs::write(&profile, "not json").unwrap();
     assert_fails(&fx.run(&["--security-opt", &opt, "fix", "/bin/true"]), 125, "coracle: run: seccomp profile");
 }
+
+/// `--privileged` with an explicit profile: the filter applies, and no_new_privs stays
+/// unset (the filter is installed with CAP_SYS_ADMIN, not through no_new_privs).
+#[test]
+fn seccomp_file_under_privileged_keeps_no_new_privs_unset() {
+    if !cfg!(target_arch = "x86_64") {
+        return;
+    }
+    let fx = Fx::new();
+    let profile = fx.env.path("profile.json");
+    fs::write(
+        &profile,
+        r#"{"defaultAction":"SCMP_ACT_ALLOW","syscalls":[{"names":["getpid"],"action":"SCMP_ACT_ERRNO","errnoRet":13}]}"#,
+    )
+    .unwrap();
+    let opt = format!("seccomp={}", profile.display());
+    let out = fx.probe(&["--privileged", "--security-opt", &opt], &["syscall", NR_GETPID]);
+    assert_eq!(out.trim(), "errno 13");
+    let caps = fx.probe_json(&["--privileged", "--security-opt", &opt], &["caps"]);
+    assert_eq!(caps["no_new_privs"], json!(0), "{caps}");
+}

@@ -87,7 +87,7 @@ pub fn filters(profile: &Profile, caps: &CapsHashSet, privileged: bool) -> Resul
 /// Installs the filters in this thread (the app, just before execve).
 pub fn install(f: &Filters) -> std::io::Result<()> {
     for p in &f.0 {
-        seccompiler::apply_filter(p).map_err(std::io::Error::other)?;
+        crate::sys::seccomp_install(p)?;
     }
     Ok(())
 }
