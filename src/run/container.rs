@@ -221,6 +221,12 @@ fn setup_and_run(mut cfg: ChildConfig) -> Result<Never, Failure> {
             // SAFETY: closing our own slot.
             unsafe { libc::close(fd(EXEC)) };
             started(Some(child));
+            if let Err(e) = confine_init(cfg.app.seccomp.as_ref()) {
+                report_error(EXIT_SETUP, &format!("init: {}", e.1));
+                let _ = kill(child, Signal::SIGKILL);
+                // SAFETY: plain exit.
+                unsafe { libc::_exit(EXIT_SETUP) }
+            }
             init_loop(child)
         }
     }
@@ -269,6 +275,28 @@ fn place_pipes(p: ChildPipes) -> Result<(), Failure> {
     // The passed fds reach the app as they are, close-on-exec cleared.
     for n in 3..3 + p.preserve {
         nix::fcntl::fcntl(unsafe_borrow(n), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))?;
+    }
+    Ok(())
+}
+
+/// Init keeps only what it needs to forward signals to an app of any uid (CAP_KILL),
+/// with no_new_privs and the app's seccomp filters: a container given CAP_SYS_PTRACE can
+/// attach to it despite its non-dumpable flag, and must then find nothing more than the
+/// app already has. Done after the fork, while the app starts on the other CPU.
+fn confine_init(seccomp: Option<&super::seccomp::Filters>) -> Result<(), Failure> {
+    let keep: CapsHashSet = [caps::Capability::CAP_KILL].into_iter().collect();
+    for c in caps::read(None, CapSet::Bounding)? {
+        if !keep.contains(&c) {
+            caps::drop(None, CapSet::Bounding, c)?;
+        }
+    }
+    caps::clear(None, CapSet::Inheritable)?;
+    let _ = caps::clear(None, CapSet::Ambient);
+    caps::set(None, CapSet::Effective, &keep)?;
+    caps::set(None, CapSet::Permitted, &keep)?;
+    nix::sys::prctl::set_no_new_privs()?;
+    if let Some(f) = seccomp {
+        super::seccomp::install(f).map_err(|e| Failure(EXIT_SETUP, format!("seccomp: {e}")))?;
     }
     Ok(())
 }

@@ -85,6 +85,15 @@ pub fn exec(state_dir: &Path, r: ExecRequest) -> Result<Outcome, RunError> {
     // from birth (inherited), so no container process can open its /proc/PID/exe
     // (CVE-2019-5736). execve resets the flag for the command itself.
     nix::sys::prctl::set_dumpable(false).map_err(|e| setup("prctl", e))?;
+    // Without -i the command reads the *host's* /dev/null, opened before we enter the
+    // container: the container's own /dev/null is whatever its processes made of it (a
+    // fifo there would block us forever, with our privileges, inside it).
+    let stdin_is_null = !r.interactive && !r.tty;
+    if stdin_is_null {
+        let null = nix::fcntl::open("/dev/null", OFlag::O_RDONLY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
+            .map_err(|e| setup("open /dev/null", e))?;
+        nix::unistd::dup2_stdin(&null).map_err(|e| setup("dup2 /dev/null", e))?;
+    }
     // Into the container's namespaces; our children are born in its PID namespace.
     let ns = CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWNS
@@ -99,7 +108,8 @@ pub fn exec(state_dir: &Path, r: ExecRequest) -> Result<Outcome, RunError> {
             privileged: s.privileged,
             tty: r.tty,
             winsize,
-            interactive: r.interactive,
+            // Standard input is already set (above) when it is not the caller's.
+            interactive: r.interactive || stdin_is_null,
             own_pid_env: Vec::new(),
             seccomp,
         },

@@ -254,6 +254,7 @@ fn launch(
             // Always an upper: mount points are created there (scratch); --read-only
             // then makes the rootfs mount read-only.
             upper: Some((scratch.dir.join("upper"), scratch.dir.join("work"))),
+            nodev: !plan.privileged,
         },
         scratch,
         plan: mounts::plan(&plan),

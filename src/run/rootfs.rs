@@ -46,6 +46,10 @@ pub struct Overlay {
     pub lowers: Vec<PathBuf>,
     /// `(upper, work)`; `None` mounts the overlay read-only.
     pub upper: Option<(PathBuf, PathBuf)>,
+    /// Device nodes in the image are inert (`nodev`): coracle has no device cgroup, so
+    /// a node shipped in a layer (or made by the app with CAP_MKNOD) would otherwise
+    /// open the host's device. The container's devices are in its own /dev.
+    pub nodev: bool,
 }
 
 fn cpath(p: &Path) -> io::Result<CString> {
@@ -119,7 +123,8 @@ pub fn make_read_only(root: BorrowedFd<'_>) -> Result<(), RootfsError> {
 /// The overlay superblock, with one `lowerdir+` per layer (Linux 6.8+: no page-size
 /// limit on the number of layers), or a classic option string on older kernels.
 fn overlay(o: &Overlay, target: &Path) -> Result<OwnedFd, RootfsError> {
-    let attrs = if o.upper.is_none() { sys::MOUNT_ATTR_RDONLY } else { 0 };
+    let attrs =
+        if o.upper.is_none() { sys::MOUNT_ATTR_RDONLY } else { 0 } | if o.nodev { sys::MOUNT_ATTR_NODEV } else { 0 };
     let fc = FsContext::open(c"overlay").map_err(err("fsopen overlay for", target))?;
     let mut plus = true;
     for l in &o.lowers {
@@ -161,7 +166,8 @@ fn overlay_legacy(o: &Overlay, target: &Path) -> Result<OwnedFd, RootfsError> {
     }
     let cwd = std::env::current_dir().ok();
     std::env::set_current_dir(base).map_err(err("chdir", base))?;
-    let flags = if o.upper.is_none() { MsFlags::MS_RDONLY } else { MsFlags::empty() };
+    let flags = if o.upper.is_none() { MsFlags::MS_RDONLY } else { MsFlags::empty() }
+        | if o.nodev { MsFlags::MS_NODEV } else { MsFlags::empty() };
     let r = mount(Some("overlay"), target, Some("overlay"), flags, Some(data.as_str()))
         .map_err(nerr("mount overlay on", target));
     if let Some(c) = cwd {
@@ -305,6 +311,14 @@ pub fn apply(root: BorrowedFd<'_>, m: &Mount) -> Result<(), RootfsError> {
     } else {
         target(root, &m.target, m.kind)?
     };
+    // A target that resolves to the container's root itself (an image's `/data -> /`)
+    // would cover the whole rootfs: refused.
+    let (t, r) = (fstat(&tfd).map_err(nerr("stat", &m.target))?, fstat(root).map_err(nerr("stat", "/"))?);
+    if (t.st_dev, t.st_ino) == (r.st_dev, r.st_ino) {
+        return Err(err("mount on", &m.target)(io::Error::other(
+            "the target resolves to the container's root (refused)",
+        )));
+    }
     let mnt = match &m.source {
         Source::Fs(fstype) => {
             let fc = FsContext::open(&CString::new(*fstype).unwrap_or_default()).map_err(err("fsopen", &m.target))?;

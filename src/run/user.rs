@@ -113,6 +113,21 @@ pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<ExecUser, UserEr
     if !groups.contains(&gid) {
         groups.insert(0, gid);
     }
+    // Ids from the image's files get the same range check as numbers given by hand: a
+    // uid of 4294967295 is (uid_t)-1, which setresuid takes as "leave unchanged" (the app
+    // would stay root).
+    let check = |what: &str, id: u32| {
+        if u64::from(id) <= MAX_ID {
+            Ok(())
+        } else {
+            Err(UserError::Range(format!("{what} {id} (from the image's /etc/passwd or /etc/group)")))
+        }
+    };
+    check("uid", uid)?;
+    check("gid", gid)?;
+    for g in &groups {
+        check("gid", *g)?;
+    }
     Ok(ExecUser { uid, gid, groups, home })
 }
 
@@ -123,6 +138,17 @@ mod tests {
     const PASSWD: &str =
         "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n1234:x:77:77::/weird:/bin/sh\n";
     const GROUP: &str = "root:x:0:\nwheel:x:10:app\napp:x:1000:\naudio:x:29:app,other\n";
+
+    #[test]
+    fn out_of_range_ids_from_the_images_files_are_refused() {
+        let passwd = "evil:x:4294967295:0::/:/bin/sh\nbig:x:3000000000:0::/:/bin/sh\nok:x:5:4294967295::/:/bin/sh\n";
+        let group = "huge:x:4294967295:ok2\n";
+        for spec in ["evil", "big", "ok", "0:huge"] {
+            assert!(matches!(resolve(spec, passwd, group), Err(UserError::Range(_))), "{spec}");
+        }
+        let passwd2 = "ok2:x:7:7::/:/bin/sh\n";
+        assert!(matches!(resolve("ok2", passwd2, group), Err(UserError::Range(_))), "supplementary group");
+    }
 
     #[test]
     fn names_and_numbers() {
