@@ -100,7 +100,11 @@ pub fn exec(state_dir: &Path, r: ExecRequest) -> Result<Outcome, RunError> {
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWIPC
         | CloneFlags::CLONE_NEWNET;
-    setns(pidfd.as_fd(), ns).map_err(|e| setup("join the container's namespaces", e))?;
+    setns(pidfd.as_fd(), ns).map_err(|e| match e {
+        // It exited between our checks and now.
+        nix::errno::Errno::ESRCH => RunError { code: EXIT_SETUP, message: format!("container {} has exited", s.name) },
+        e => setup("join the container's namespaces", e),
+    })?;
     let child = ExecChild {
         process,
         app: AppOptions {
