@@ -111,7 +111,7 @@ impl FromStr for Reference {
                 return bad("invalid tag");
             }
         }
-        if name.is_empty() || name.len() > MAX_NAME_LEN {
+        if name.is_empty() {
             return bad("repository name must be 1 to 255 characters");
         }
         let (mut domain, mut path) = match name.split_once('/') {
@@ -134,6 +134,11 @@ impl FromStr for Reference {
         }
         if domain == DEFAULT_DOMAIN && !path.contains('/') {
             path = format!("library/{path}");
+        }
+        // Counted on the normalised name, as docker does: the form we print (and keep in
+        // refs/) must parse again.
+        if domain.len() + 1 + path.len() > MAX_NAME_LEN {
+            return bad("repository name must be 1 to 255 characters");
         }
         let tag = match (tag, &digest) {
             (Some(t), _) => Some(t.to_owned()),
@@ -250,5 +255,9 @@ mod tests {
         }
         assert!(format!("a:{}", "t".repeat(129)).parse::<Reference>().is_err());
         assert!("a".repeat(256).parse::<Reference>().is_err());
+        // Counted after normalisation: docker.io/library/ + 238 is 256 (fuzz target reference_parse).
+        assert!("a".repeat(238).parse::<Reference>().is_err());
+        assert_eq!(norm(&"a".repeat(237)).len(), 255 + ":latest".len());
+        assert_eq!(norm(&format!("index.docker.io/a/{}", "b".repeat(243))).len(), 255 + ":latest".len());
     }
 }

@@ -247,21 +247,46 @@ pub fn import_manifest(
         .collect();
     let size = cfg.diff_ids.iter().map(|d| sizes.get(d).copied().unwrap_or(0)).sum();
 
+    // From here on, under the names lock (so that an `rmi` deciding "last name gone,
+    // delete the record" never interleaves, and no other import puts the same config or
+    // manifest blob meanwhile), a failure — ENOSPC in a blob, a rename's directory block,
+    // the record — takes back what this import made visible: all or nothing. The layers
+    // and their blobs are ours alone until the record names them: we hold their locks.
+    let _names = store.lock_names()?;
+    let mut undo = Undo { store, blobs: Vec::new(), layers: Vec::new() };
+    for (d, size, bytes) in
+        [(&m.config.digest, m.config.size, &cfg_bytes[..]), (&r.digest, r.bytes.len() as u64, &r.bytes[..])]
+    {
+        if !store.has_blob(d) {
+            store.put_blob(d, Some(size), bytes)?;
+            undo.blobs.push(d.clone());
+        }
+    }
     // Durability in two syncfs calls for the whole image, not fsyncs per file and layer:
     // every extracted tree and blob first, then the renames that make them visible, then
     // (below) the records that name them.
     if !pending_blobs.is_empty() || !pending_layers.is_empty() {
         store.sync()?;
         for b in pending_blobs {
+            let (digest, new) = (b.digest.clone(), !store.has_blob(&b.digest));
             store.commit_blob(b)?;
+            if new {
+                undo.blobs.push(digest);
+            }
         }
         for p in pending_layers {
+            let (diff_id, new) = (p.marker.diff_id.clone(), store.layer_marker(&p.marker.diff_id).is_none());
+            let blob = (p.blob.digest.clone(), !store.has_blob(&p.blob.digest));
             store.commit_layer(p)?;
+            if new {
+                undo.layers.push(diff_id);
+            }
+            if blob.1 {
+                undo.blobs.push(blob.0);
+            }
         }
         store.sync()?;
     }
-    store.put_blob(&m.config.digest, Some(m.config.size), &cfg_bytes)?;
-    store.put_blob(&r.digest, Some(r.bytes.len() as u64), &r.bytes)?;
     let record = ImageRecord {
         digest: r.digest.clone(),
         media_type: r.media_type.clone(),
@@ -272,17 +297,55 @@ pub fn import_manifest(
         size,
         loaded: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
     };
-    // Record and names under the names lock, so that an `rmi` deciding "last name gone,
-    // delete the record" never interleaves with them.
-    let _names = store.lock_names()?;
     // Keep the first load time of an image imported again.
-    let record = match store.get_image(&record.digest) {
-        Ok(Some(old)) => ImageRecord { loaded: old.loaded, ..record },
-        _ => record,
+    let old = store.get_image(&record.digest).ok().flatten();
+    let record = match &old {
+        Some(o) => ImageRecord { loaded: o.loaded, ..record },
+        None => record,
     };
-    store.put_image(&record)?;
-    for n in names {
-        store.set_ref(n, &record.digest)?;
+    let named = store.put_image(&record).and_then(|()| {
+        for n in names {
+            store.set_ref(n, &record.digest)?;
+        }
+        Ok(())
+    });
+    if let Err(e) = named {
+        // A record of ours that no name reached yet goes too (a named one stays: it is
+        // consistent, and a name may already point at it).
+        let unnamed = store.list_refs().map(|refs| refs.iter().all(|(_, d)| *d != record.digest)).unwrap_or(false);
+        if old.is_none() && unnamed {
+            let _ = store.remove_image(&record.digest);
+        } else {
+            undo.disarm();
+        }
+        return Err(e.into());
     }
+    undo.disarm();
     Ok(Imported { record, names: names.to_vec() })
+}
+
+/// What an import made visible, taken back when it fails before the image is named.
+struct Undo<'a> {
+    store: &'a Store,
+    blobs: Vec<Digest>,
+    layers: Vec<Digest>,
+}
+
+impl Undo<'_> {
+    fn disarm(&mut self) {
+        self.blobs.clear();
+        self.layers.clear();
+    }
+}
+
+impl Drop for Undo<'_> {
+    fn drop(&mut self) {
+        // Layer dirs leave by rename into tmp/ (no space needed), then deletion.
+        for d in &self.layers {
+            let _ = self.store.remove_tree(&self.store.layer_dir(d));
+        }
+        for d in &self.blobs {
+            let _ = std::fs::remove_file(self.store.blob_path(d));
+        }
+    }
 }

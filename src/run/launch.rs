@@ -119,12 +119,16 @@ impl RunError {
 
 /// The scratch dir of one container under the store; removed on drop.
 struct ScratchDir {
+    store: Store,
     dir: PathBuf,
     _lock: Lock,
 }
 
 impl Drop for ScratchDir {
     fn drop(&mut self) {
+        // Under the shared store lock: gc (exclusive) must not find the dir half
+        // removed, its lock file already gone, and take it for a dead container's.
+        let _hold = self.store.lock_shared();
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
@@ -181,7 +185,7 @@ pub fn run(l: Launch) -> Result<Outcome, RunError> {
                     .create(&dir)
                     .map_err(|e| RunError::setup("create container dir", e))?;
                 let lock = Lock::exclusive(&dir.join("lock")).map_err(|e| RunError::setup("lock container dir", e))?;
-                (locks, Some(ScratchDir { dir: dir.clone(), _lock: lock }), dir)
+                (locks, Some(ScratchDir { store: l.store.clone(), dir: dir.clone(), _lock: lock }), dir)
             }
         }
     };
