@@ -58,12 +58,13 @@ impl Reference {
     }
 
     /// Docker's familiar short form: `busybox:latest` for `docker.io/library/busybox:latest`.
+    /// A `docker.io` path whose first component reads as a registry host (`docker.io/a.b/c`)
+    /// keeps its domain: the short form must parse back to the same image.
     pub fn familiar(&self) -> String {
-        let repo = if self.domain == DEFAULT_DOMAIN {
-            self.path.strip_prefix("library/").filter(|p| !p.contains('/')).unwrap_or(&self.path).to_owned()
-        } else {
-            self.repository()
-        };
+        let short = self.path.strip_prefix("library/").filter(|p| !p.contains('/')).unwrap_or(&self.path);
+        let looks_like_host = |p: &str| p.split_once('/').is_some_and(|(c, _)| c.contains('.') || c == "localhost");
+        let repo =
+            if self.domain == DEFAULT_DOMAIN && !looks_like_host(short) { short.to_owned() } else { self.repository() };
         self.suffixed(repo)
     }
 
@@ -232,6 +233,12 @@ mod tests {
         assert_eq!(r.familiar(), "busybox:latest");
         let r: Reference = "localhost/a:1".parse().unwrap();
         assert_eq!(r.familiar(), "localhost/a:1");
+        // Not "a.b/c:1", which names another registry (fuzz target reference_parse).
+        let r: Reference = "docker.io/a.b/c:1".parse().unwrap();
+        assert_eq!(r.familiar(), "docker.io/a.b/c:1");
+        let r: Reference = "docker.io/localhost/c:1".parse().unwrap();
+        assert_eq!(r.familiar(), "docker.io/localhost/c:1");
+        assert_eq!("docker.io/localhost".parse::<Reference>().unwrap().familiar(), "localhost:latest");
     }
 
     #[test]

@@ -69,8 +69,8 @@ pub fn apply<R: TarSource>(tar: &mut TarReader<R>, root: OwnedFd) -> Result<Stat
             return Err(ApplyError::TooManyEntries);
         }
         if entry.kind == Kind::File {
-            // Sparse sizes are not bounded by the archive's: three of 2^63 - 1 bytes fit an
-            // XFS or tmpfs layer (fuzz/regressions/layer_structured/sparse-sizes-overflow.json).
+            // A header's size, added before its data is read, can be anything up to 2^64 - 1
+            // (fuzz/regressions/layer_structured/).
             stats.file_bytes = stats.file_bytes.saturating_add(entry.size);
         }
         a.entry(tar, &entry)?;

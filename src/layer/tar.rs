@@ -378,8 +378,10 @@ fn numeric(f: &[u8]) -> io::Result<u64> {
         .ok_or_else(|| invalid("numeric field overflow"))
 }
 
+/// `n` rounded up to whole blocks; saturated, so that a size no stream can hold (a header
+/// may claim up to 2^64 - 1 bytes) fails as a truncated archive instead of wrapping to 0.
 fn padded(n: u64) -> u64 {
-    n.div_ceil(BLOCK as u64) * BLOCK as u64
+    n.div_ceil(BLOCK as u64).saturating_mul(BLOCK as u64)
 }
 
 fn verify_checksum(block: &[u8; BLOCK]) -> io::Result<()> {

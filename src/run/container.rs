@@ -221,7 +221,10 @@ fn setup_and_run(mut cfg: ChildConfig) -> Result<Never, Failure> {
             // SAFETY: closing our own slot.
             unsafe { libc::close(fd(EXEC)) };
             started(Some(child));
-            if let Err(e) = confine_init(cfg.app.seccomp.as_ref()) {
+            // Only an app with CAP_SYS_PTRACE can reach init (it is non-dumpable): then
+            // init gets the app's seccomp filters too (installing them costs ~1 ms).
+            let ptrace = cfg.app.caps.contains(&caps::Capability::CAP_SYS_PTRACE);
+            if let Err(e) = confine_init(cfg.app.seccomp.as_ref().filter(|_| ptrace)) {
                 report_error(EXIT_SETUP, &format!("init: {}", e.1));
                 let _ = kill(child, Signal::SIGKILL);
                 // SAFETY: plain exit.
@@ -280,9 +283,9 @@ fn place_pipes(p: ChildPipes) -> Result<(), Failure> {
 }
 
 /// Init keeps only what it needs to forward signals to an app of any uid (CAP_KILL),
-/// with no_new_privs and the app's seccomp filters: a container given CAP_SYS_PTRACE can
-/// attach to it despite its non-dumpable flag, and must then find nothing more than the
-/// app already has. Done after the fork, while the app starts on the other CPU.
+/// with no_new_privs, and (given `seccomp`) the app's filters: a container given
+/// CAP_SYS_PTRACE can attach to it despite its non-dumpable flag, and must then find
+/// nothing more than the app already has. Done after the fork, while the app starts.
 fn confine_init(seccomp: Option<&super::seccomp::Filters>) -> Result<(), Failure> {
     let keep: CapsHashSet = [caps::Capability::CAP_KILL].into_iter().collect();
     for c in caps::read(None, CapSet::Bounding)? {
