@@ -1159,7 +1159,16 @@ fn fsck_repair_keeps_a_broken_layer_a_container_holds_and_says_so() {
     assert_eq!(env.images().len(), 0, "the image that lost the layer is dropped: {out}");
 
     drop(container);
-    let o = env.run(&["fsck", "--repair"]);
+    // The lock is this test process's own fd: a child another test thread forks at this
+    // moment holds a copy until its exec closes it. Give that a moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let o = loop {
+        let o = env.run(&["fsck", "--repair"]);
+        if o.status() || std::time::Instant::now() > deadline {
+            break o;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(o.status(), "{}", o.stdout());
     assert!(!layer.exists());
     assert_fsck_clean(&env, "repaired once the container is gone");
