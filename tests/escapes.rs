@@ -30,7 +30,7 @@ mod util;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Seek};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -40,6 +40,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use util::procs::*;
 use util::*;
 
 /// podman's default capability set (see tests/run.rs).
@@ -203,27 +204,6 @@ fn hash_of(f: &mut fs::File) -> String {
     sha256(&data)
 }
 
-/// The host's mount table, minus mount points under the temp dir that are not this
-/// test's (other tests mount there for their own purposes).
-fn host_mounts(ours: &Path) -> Vec<String> {
-    let tmp = std::env::temp_dir();
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter(|l| {
-            let mp = Path::new(l.split(' ').nth(4).unwrap_or(""));
-            !(mp.starts_with(&tmp) && !mp.starts_with(ours) && mp != tmp)
-        })
-        .map(str::to_owned)
-        .collect()
-}
-
-fn assert_same_mounts(before: &[String], after: &[String], when: &str) {
-    let gone: Vec<&String> = before.iter().filter(|l| !after.contains(l)).collect();
-    let new: Vec<&String> = after.iter().filter(|l| !before.contains(l)).collect();
-    assert!(gone.is_empty() && new.is_empty(), "host mount table changed {when}: gone {gone:#?}, new {new:#?}");
-}
-
 /// `s` quoted for sh.
 fn sq(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
@@ -251,23 +231,6 @@ fn as_nobody(args: &[&str]) -> Out {
 // Processes (as in tests/run.rs): background runs and container processes, all killed on
 // drop through pidfds.
 
-fn pidfd_open(pid: i32) -> Option<OwnedFd> {
-    // SAFETY: plain syscall; a returned fd is new and owned by us.
-    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    // SAFETY: the kernel just returned this descriptor.
-    (r >= 0).then(|| unsafe { OwnedFd::from_raw_fd(r as i32) })
-}
-
-fn pidfd_kill(fd: &OwnedFd) {
-    // SAFETY: plain syscall on a live pidfd; null siginfo.
-    unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), libc::SIGKILL, std::ptr::null::<u8>(), 0) };
-}
-
-fn parent(pid: i32) -> Option<i32> {
-    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    s.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
-}
-
 /// Children of `pid` (all its threads).
 fn children(pid: i32) -> Vec<i32> {
     let mut v = Vec::new();
@@ -276,19 +239,6 @@ fn children(pid: i32) -> Vec<i32> {
         v.extend(c.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
     }
     v
-}
-
-fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let end = Instant::now() + limit;
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return Some(s);
-        }
-        if Instant::now() > end {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 /// A `coracle run` or `coracle exec` in the background with its stdout read line by line.
@@ -377,13 +327,6 @@ fn reap(fd: &OwnedFd) -> bool {
     let r = unsafe { libc::waitid(3, fd.as_raw_fd() as libc::id_t, &mut info, libc::WEXITED | libc::WNOHANG) };
     // SAFETY: reading the pid field of the siginfo waitid filled in.
     r != 0 || unsafe { info.si_pid() } != 0
-}
-
-/// Orphaned container processes (after a SIGKILL of coracle) are reparented to this test
-/// process, which `Running` reaps.
-fn subreaper() {
-    // SAFETY: prctl with integer arguments.
-    assert_eq!(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) }, 0);
 }
 
 fn wait_pid_file(p: &Path, run: &mut Running) -> i32 {

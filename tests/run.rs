@@ -14,7 +14,7 @@ mod util;
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -23,6 +23,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use util::procs::*;
 use util::*;
 
 /// podman's default capability set: CHOWN, DAC_OVERRIDE, FOWNER, FSETID, KILL,
@@ -152,51 +153,13 @@ fn host_cap_bnd() -> u64 {
     u64::from_str_radix(&v, 16).unwrap()
 }
 
-/// The host's mount table, minus mount points under the temp dir that are not this
-/// test's (other test binaries mount tmpfs there for their own purposes).
-fn host_mounts(ours: &Path) -> Vec<String> {
-    let tmp = std::env::temp_dir();
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter(|l| {
-            let mp = Path::new(l.split(' ').nth(4).unwrap_or(""));
-            !(mp.starts_with(&tmp) && !mp.starts_with(ours) && mp != tmp)
-        })
-        .map(str::to_owned)
-        .collect()
-}
-
-fn assert_same_mounts(before: &[String], after: &[String], when: &str) {
-    let gone: Vec<&String> = before.iter().filter(|l| !after.contains(l)).collect();
-    let new: Vec<&String> = after.iter().filter(|l| !before.contains(l)).collect();
-    assert!(gone.is_empty() && new.is_empty(), "host mount table changed {when}: gone {gone:#?}, new {new:#?}");
-}
-
 // ---------------------------------------------------------------------------------------
 // Processes: background runs and the container's processes, all killed on drop.
-
-fn pidfd_open(pid: i32) -> Option<OwnedFd> {
-    // SAFETY: plain syscall; a returned fd is new and owned by us.
-    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    // SAFETY: the kernel just returned this descriptor.
-    (r >= 0).then(|| unsafe { OwnedFd::from_raw_fd(r as i32) })
-}
-
-fn pidfd_kill(fd: &OwnedFd) {
-    // SAFETY: plain syscall on a live pidfd; null siginfo.
-    unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), libc::SIGKILL, std::ptr::null::<u8>(), 0) };
-}
 
 /// State letter of a process (`R`, `S`, `Z`, …), `None` when it is gone.
 fn proc_state(pid: i32) -> Option<char> {
     let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     s.rsplit_once(')')?.1.split_whitespace().next()?.chars().next()
-}
-
-fn parent(pid: i32) -> Option<i32> {
-    let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    s.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn alive(pid: i32) -> bool {
@@ -217,19 +180,6 @@ fn procs_in_ns(ns: &Path) -> Vec<i32> {
         .collect();
     v.sort();
     v
-}
-
-fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let end = Instant::now() + limit;
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return Some(s);
-        }
-        if Instant::now() > end {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 /// A `coracle run` in the background with its stdout read line by line.
@@ -327,14 +277,6 @@ fn reap(fd: &OwnedFd) -> bool {
     // SAFETY: reading the pid field of the siginfo waitid filled in (0 when no child was
     // waitable yet).
     r != 0 || unsafe { info.si_pid() } != 0
-}
-
-/// Makes this test process the reaper of orphaned descendants: when coracle is SIGKILLed,
-/// the container's init is reparented here instead of to the host's PID 1 (which, on some
-/// hosts, never reaps), and `Running` reaps it. Idempotent; every test sets it.
-fn subreaper() {
-    // SAFETY: prctl with integer arguments.
-    assert_eq!(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) }, 0);
 }
 
 /// Waits for a pid file written by `--pid-file` and returns the pid.

@@ -6,6 +6,7 @@
 
 #[path = "../../rootfs-fixtures/assemble.rs"]
 pub mod assemble;
+pub mod procs;
 pub mod registry;
 
 use std::path::{Path, PathBuf};
