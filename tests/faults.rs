@@ -31,6 +31,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use util::procs::*;
 use util::registry::*;
 use util::*;
 
@@ -537,13 +538,6 @@ fn tagged(tag: &str) -> Vec<i32> {
 
 fn in_pid_ns(ns: &Path) -> Vec<i32> {
     pids().into_iter().filter(|&p| fs::read_link(format!("/proc/{p}/ns/pid")).ok().as_deref() == Some(ns)).collect()
-}
-
-/// Makes this process the reaper of orphans: a killed coracle's container init comes
-/// here instead of to the host's PID 1 (which, on some hosts, never reaps).
-fn subreaper() {
-    // SAFETY: prctl with integer arguments.
-    assert_eq!(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) }, 0);
 }
 
 /// Reaps zombies that are our children but no `Child` of ours: orphans of killed

@@ -31,7 +31,7 @@ mod util;
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -39,6 +39,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use util::procs::*;
 use util::*;
 
 /// The host commands these tests drive (runit and s6 packages).
@@ -226,36 +227,8 @@ fn poll<T>(limit: Duration, what: impl Fn() -> String, mut f: impl FnMut() -> Op
     }
 }
 
-/// The host's mount table, minus mount points under the temp dir that are not this
-/// test's (other test binaries mount tmpfs there for their own purposes).
-fn host_mounts(ours: &Path) -> Vec<String> {
-    let tmp = std::env::temp_dir();
-    fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter(|l| {
-            let mp = Path::new(l.split(' ').nth(4).unwrap_or(""));
-            !(mp.starts_with(&tmp) && !mp.starts_with(ours) && mp != tmp)
-        })
-        .map(str::to_owned)
-        .collect()
-}
-
-fn assert_same_mounts(before: &[String], after: &[String], when: &str) {
-    let gone: Vec<&String> = before.iter().filter(|l| !after.contains(l)).collect();
-    let new: Vec<&String> = after.iter().filter(|l| !before.contains(l)).collect();
-    assert!(gone.is_empty() && new.is_empty(), "host mount table changed {when}: gone {gone:#?}, new {new:#?}");
-}
-
 // ---------------------------------------------------------------------------------------
 // Processes.
-
-fn pidfd_open(pid: i32) -> Option<OwnedFd> {
-    // SAFETY: plain syscall; a returned fd is new and owned by us.
-    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    // SAFETY: the kernel just returned this descriptor.
-    (r >= 0).then(|| unsafe { OwnedFd::from_raw_fd(r as i32) })
-}
 
 fn pidfd_kill(fd: &OwnedFd, sig: i32) {
     // SAFETY: plain syscall on a pidfd; null siginfo.
@@ -272,14 +245,6 @@ fn reap(fd: &OwnedFd) -> bool {
     // SAFETY: reading the pid field of the siginfo waitid filled in (0 when no child was
     // waitable yet).
     r != 0 || unsafe { info.si_pid() } != 0
-}
-
-/// Makes this test process the reaper of orphaned descendants: a container whose coracle
-/// was SIGKILLed, and whatever a killed supervisor leaves, is reparented here (not to the
-/// host's PID 1, which may be slow to reap) and reaped by `Supervised`. Idempotent.
-fn subreaper() {
-    // SAFETY: prctl with integer arguments.
-    assert_eq!(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) }, 0);
 }
 
 /// (state letter, parent) of a process, `None` when it is gone.
