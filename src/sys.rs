@@ -361,3 +361,53 @@ pub fn seccomp_install(prog: &[seccompiler::sock_filter]) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Drops from this thread's bounding set every capability whose bit is clear in `keep`:
+/// one prctl per capability, up to the first number the kernel does not know (EINVAL),
+/// without reading the set first (dropping a dropped one succeeds).
+pub fn bounding_keep_only(keep: u64) -> io::Result<()> {
+    for cap in 0..64u64 {
+        if keep >> cap & 1 == 1 {
+            continue;
+        }
+        // SAFETY: prctl with integer arguments only.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } < 0 {
+            let e = io::Error::last_os_error();
+            return if e.raw_os_error() == Some(libc::EINVAL) { Ok(()) } else { Err(e) };
+        }
+    }
+    Ok(())
+}
+
+/// Sets this thread's effective, permitted and inheritable capability sets (bit masks by
+/// capability number) in one capset(2) call.
+pub fn capset(effective: u64, permitted: u64, inheritable: u64) -> io::Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let half = |v: u64, i: u32| (v >> (32 * i)) as u32;
+    let data: [Data; 2] = std::array::from_fn(|i| Data {
+        effective: half(effective, i as u32),
+        permitted: half(permitted, i as u32),
+        inheritable: half(inheritable, i as u32),
+    });
+    let header = Header { version: VERSION_3, pid: 0 };
+    // SAFETY: the header and the two data structs are laid out as the kernel's
+    // __user_cap_header_struct and __user_cap_data_struct[2] (version 3), and live
+    // across the call.
+    let r = unsafe { libc::syscall(libc::SYS_capset, &header as *const Header, data.as_ptr()) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -367,6 +367,18 @@ fn default_caps_and_no_new_privs() {
     assert_eq!((hex_caps(&c, "eff"), hex_caps(&c, "prm")), (0, 0), "-u app: {c}");
     assert_eq!(hex_caps(&c, "bnd"), DEFAULT_CAPS, "-u app keeps the bounding set: {c}");
     assert_eq!(c["no_new_privs"], 1, "{c}");
+
+    // The container's init (PID 1) keeps CAP_KILL alone, in every set but the
+    // inheritable and ambient ones, which are empty.
+    let status = fx.probe(&[], &["cat", "/proc/1/status"]);
+    let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).map(str::trim).unwrap_or("?").to_owned();
+    for k in ["CapBnd:", "CapPrm:", "CapEff:"] {
+        assert_eq!(field(k), "0000000000000020", "init's {k}\n{status}");
+    }
+    for k in ["CapInh:", "CapAmb:"] {
+        assert_eq!(field(k), "0000000000000000", "init's {k}\n{status}");
+    }
+    assert_eq!(field("NoNewPrivs:"), "1", "{status}");
 }
 
 /// `--privileged` gives every capability coracle itself has. Runs where coracle's own

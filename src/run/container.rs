@@ -287,16 +287,10 @@ fn place_pipes(p: ChildPipes) -> Result<(), Failure> {
 /// CAP_SYS_PTRACE can attach to it despite its non-dumpable flag, and must then find
 /// nothing more than the app already has. Done after the fork, while the app starts.
 fn confine_init(seccomp: Option<&super::seccomp::Filters>) -> Result<(), Failure> {
-    let keep: CapsHashSet = [caps::Capability::CAP_KILL].into_iter().collect();
-    for c in caps::read(None, CapSet::Bounding)? {
-        if !keep.contains(&c) {
-            caps::drop(None, CapSet::Bounding, c)?;
-        }
-    }
-    caps::clear(None, CapSet::Inheritable)?;
+    let keep = caps::Capability::CAP_KILL.bitmask();
+    crate::sys::bounding_keep_only(keep)?;
     let _ = caps::clear(None, CapSet::Ambient);
-    caps::set(None, CapSet::Effective, &keep)?;
-    caps::set(None, CapSet::Permitted, &keep)?;
+    crate::sys::capset(keep, keep, 0)?;
     nix::sys::prctl::set_no_new_privs()?;
     if let Some(f) = seccomp {
         super::seccomp::install(f).map_err(|e| Failure(EXIT_SETUP, format!("seccomp: {e}")))?;
@@ -500,12 +494,8 @@ fn unsafe_borrow(fd: RawFd) -> BorrowedFd<'static> {
 /// KEEPCAPS, then the final permitted/effective sets; inheritable and ambient are empty
 /// and no_new_privs is set (unless --privileged).
 fn set_credentials(u: &user::ExecUser, capset: &CapsHashSet, privileged: bool) -> Result<(), Failure> {
-    for c in caps::read(None, CapSet::Bounding)? {
-        if !capset.contains(&c) {
-            caps::drop(None, CapSet::Bounding, c)?;
-        }
-    }
-    caps::clear(None, CapSet::Inheritable)?;
+    let mask = capset.iter().fold(0u64, |m, c| m | c.bitmask());
+    crate::sys::bounding_keep_only(mask)?;
     let _ = caps::clear(None, CapSet::Ambient);
     nix::sys::prctl::set_keepcaps(true)?;
     let groups: Vec<Gid> = u.groups.iter().map(|g| Gid::from_raw(*g)).collect();
@@ -513,9 +503,9 @@ fn set_credentials(u: &user::ExecUser, capset: &CapsHashSet, privileged: bool) -
     setresgid(Gid::from_raw(u.gid), Gid::from_raw(u.gid), Gid::from_raw(u.gid))?;
     setresuid(Uid::from_raw(u.uid), Uid::from_raw(u.uid), Uid::from_raw(u.uid))?;
     nix::sys::prctl::set_keepcaps(false)?;
-    caps::set(None, CapSet::Effective, capset)?;
-    caps::set(None, CapSet::Permitted, capset)?;
-    caps::set(None, CapSet::Effective, capset)?;
+    // One call: effective and permitted to the app's set (kept across the uid change
+    // by KEEPCAPS), inheritable empty.
+    crate::sys::capset(mask, mask, 0)?;
     if !privileged {
         nix::sys::prctl::set_no_new_privs()?;
     }
