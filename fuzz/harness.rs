@@ -99,6 +99,19 @@ impl Sandbox {
         Sandbox::populate(tmp)
     }
 
+    /// For a test thread that fuzzes in-process (tests/fuzz_smoke.rs): gives this thread
+    /// alone a private mount namespace in which the host is read-only except the
+    /// repository, mounts a tmpfs on `dir` (an empty directory the caller removes once
+    /// the thread has ended) and makes the sandbox in it.
+    pub fn isolated_in(dir: &Path) -> Result<Sandbox, String> {
+        isolate(dir)?;
+        let tmp = tempfile::Builder::new()
+            .prefix("sandbox-")
+            .tempdir_in(dir)
+            .map_err(|e| format!("create the sandbox in {dir:?}: {e}"))?;
+        Ok(Sandbox::populate(tmp))
+    }
+
     fn populate(tmp: tempfile::TempDir) -> Sandbox {
         let base = tmp.path().to_path_buf();
         let parent = base.join(PARENT);

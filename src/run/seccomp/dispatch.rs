@@ -17,8 +17,6 @@
 //! `tests` checks the result against seccompiler's own linear filters by running both
 //! in a BPF interpreter for every syscall number, architecture and argument of interest.
 
-use std::collections::BTreeMap;
-
 use seccompiler::{sock_filter, BpfProgram, SeccompAction, SeccompRule};
 
 /// What one syscall number gets.
@@ -72,16 +70,24 @@ impl PartialEq for Leaf<'_> {
     }
 }
 
-/// Compiles `table` (verdicts by syscall number; every number not in it, including the
-/// x32 ones with bit 30 set, gets `other`) into one filter for `audit_arch`. A call made
+/// Compiles `table` (verdicts by syscall number, in ascending order; every number not in
+/// it, including the x32 ones with bit 30 set, gets `other`) into one filter for
+/// `audit_arch`. A call made
 /// through another architecture's entry point kills the process, as seccompiler's
 /// filters do.
-pub fn compile(table: &BTreeMap<u32, Verdict>, other: SeccompAction, audit_arch: u32) -> Result<BpfProgram, String> {
+pub fn compile<'a>(
+    table: impl IntoIterator<Item = (u32, &'a Verdict)>,
+    other: SeccompAction,
+    audit_arch: u32,
+) -> Result<BpfProgram, String> {
     let other = u32::from(other);
     let mut ranges: Vec<Range> = Vec::new();
     // The first number no range covers yet.
     let mut next = 0u64;
-    for (&nr, verdict) in table {
+    for (nr, verdict) in table {
+        if u64::from(nr) < next {
+            return Err(format!("syscall {nr} is out of order or twice in the table"));
+        }
         if u64::from(nr) > next {
             push_range(&mut ranges, next as u32, Leaf::Action(other));
         }
@@ -256,6 +262,7 @@ mod tests {
     use super::interp::{check, run, Data};
     use super::*;
     use seccompiler::{SeccompCmpArgLen, SeccompCmpOp, SeccompCondition};
+    use std::collections::BTreeMap;
 
     const ARCH: u32 = 0xc000_003e;
 
@@ -299,7 +306,7 @@ mod tests {
     fn long_jumps_and_rules_dispatch_exactly() {
         let (table, ruled) = big_table();
         let other = SeccompAction::Errno(38);
-        let prog = compile(&table, other.clone(), ARCH).unwrap();
+        let prog = compile(table.iter().map(|(n, v)| (*n, v)), other.clone(), ARCH).unwrap();
         check(&prog);
         assert!(prog.len() > 1000, "{}", prog.len());
         assert!(prog.iter().any(|i| i.code == JMP_JA), "the test reaches the long-jump form");
@@ -328,13 +335,13 @@ mod tests {
     #[test]
     fn empty_table_and_table_at_the_top_of_the_range() {
         let other = SeccompAction::Errno(38);
-        let prog = compile(&BTreeMap::new(), other.clone(), ARCH).unwrap();
+        let prog = compile([], other.clone(), ARCH).unwrap();
         check(&prog);
         for nr in [0, 5, u32::MAX] {
             assert_eq!(run(&prog, &Data { nr, arch: ARCH, ip: 0, args: [0; 6] }), ret(&other));
         }
         let table = BTreeMap::from([(u32::MAX, Verdict::Always(SeccompAction::Allow))]);
-        let prog = compile(&table, other.clone(), ARCH).unwrap();
+        let prog = compile(table.iter().map(|(n, v)| (*n, v)), other.clone(), ARCH).unwrap();
         check(&prog);
         assert_eq!(run(&prog, &Data { nr: u32::MAX, arch: ARCH, ip: 0, args: [0; 6] }), libc::SECCOMP_RET_ALLOW);
         assert_eq!(run(&prog, &Data { nr: u32::MAX - 1, arch: ARCH, ip: 0, args: [0; 6] }), ret(&other));
@@ -344,6 +351,13 @@ mod tests {
     fn too_long_is_an_error() {
         let table: BTreeMap<u32, Verdict> =
             (0..5000u32).map(|nr| (nr * 2, Verdict::Always(SeccompAction::Allow))).collect();
-        assert!(compile(&table, SeccompAction::Errno(38), ARCH).unwrap_err().contains("4096"));
+        assert!(compile(table.iter().map(|(n, v)| (*n, v)), SeccompAction::Errno(38), ARCH)
+            .unwrap_err()
+            .contains("4096"));
+        let allow = Verdict::Always(SeccompAction::Allow);
+        let err = compile([(2, &allow), (1, &allow)], SeccompAction::Errno(38), ARCH).unwrap_err();
+        assert!(err.contains("out of order"), "{err}");
+        let err = compile([(2, &allow), (2, &allow)], SeccompAction::Errno(38), ARCH).unwrap_err();
+        assert!(err.contains("twice"), "{err}");
     }
 }

@@ -585,52 +585,88 @@ fn compile(
 }
 
 /// The default profile as one filter: the allow-list, EPERM for the known calls the app
-/// may not make, ENOSYS for every other number (see the module's documentation).
+/// may not make, ENOSYS for every other number (see the module's documentation). Built
+/// at every start, so without lookups by name or maps: [`KNOWN`] is in syscall order.
 fn default_filters(caps: &CapsHashSet) -> Result<Filters, SeccompError> {
     use dispatch::Verdict;
     let admin = caps.contains(&Capability::CAP_SYS_ADMIN);
-    let mut refused = refused(caps);
-    refused.sort_unstable();
-    let (clone, clone3, personality) = (num("clone"), num("clone3"), num("personality"));
-    let no_ns = CLONE_NS_FLAGS.iter().fold(0, |a, f| a | f);
-    let mut table = BTreeMap::new();
-    for (_, nr) in KNOWN {
-        let verdict = if refused.binary_search(nr).is_ok() {
-            Verdict::Always(SeccompAction::Errno(libc::EPERM as u32))
-        } else if Some(*nr) == clone3 && !admin {
-            continue; // unknown: ENOSYS, so that libcs fall back to clone
-        } else if Some(*nr) == clone && !admin {
-            // No namespace flag: the flags are argument 0 on x86_64 and arm64.
-            let rule = SeccompRule::new(vec![cond(0, SeccompCmpOp::MaskedEq(no_ns), 0)?]).map_err(build_err)?;
-            Verdict::Rules {
-                rules: vec![(rule, SeccompAction::Allow)],
-                otherwise: SeccompAction::Errno(libc::EPERM as u32),
-            }
-        } else if Some(*nr) == personality {
-            let rules = PERSONALITIES
-                .iter()
-                .map(|p| {
-                    Ok((
-                        SeccompRule::new(vec![cond(0, SeccompCmpOp::Eq, *p)?]).map_err(build_err)?,
-                        SeccompAction::Allow,
-                    ))
-                })
-                .collect::<Result<_, SeccompError>>()?;
-            Verdict::Rules { rules, otherwise: SeccompAction::Errno(libc::ENOSYS as u32) }
-        } else {
-            Verdict::Always(SeccompAction::Allow)
-        };
-        let nr = u32::try_from(*nr).map_err(build_err)?;
-        table.insert(nr, verdict);
+    let mut refused = [false; 1024];
+    for ((_, need), nr) in GATED.iter().zip(GATED_NRS) {
+        if nr >= 0 && !need.iter().any(|c| caps.contains(c)) {
+            refused[nr as usize] = true;
+        }
     }
-    let prog = dispatch::compile(&table, SeccompAction::Errno(libc::ENOSYS as u32), AUDIT_ARCH).map_err(build_err)?;
+    let eperm = SeccompAction::Errno(libc::EPERM as u32);
+    let (allow, deny) = (Verdict::Always(SeccompAction::Allow), Verdict::Always(eperm.clone()));
+    let clone_rules = if admin {
+        None
+    } else {
+        // No namespace flag: the flags are argument 0 on x86_64 and arm64.
+        let no_ns = CLONE_NS_FLAGS.iter().fold(0, |a, f| a | f);
+        let rule = SeccompRule::new(vec![cond(0, SeccompCmpOp::MaskedEq(no_ns), 0)?]).map_err(build_err)?;
+        Some(Verdict::Rules { rules: vec![(rule, SeccompAction::Allow)], otherwise: eperm })
+    };
+    let personality_rules = Verdict::Rules {
+        rules: PERSONALITIES
+            .iter()
+            .map(|p| {
+                Ok((SeccompRule::new(vec![cond(0, SeccompCmpOp::Eq, *p)?]).map_err(build_err)?, SeccompAction::Allow))
+            })
+            .collect::<Result<_, SeccompError>>()?,
+        otherwise: SeccompAction::Errno(libc::ENOSYS as u32),
+    };
+    let table = KNOWN.iter().filter_map(|&(_, nr)| {
+        let verdict = if refused.get(nr as usize).copied().unwrap_or(false) {
+            &deny
+        } else if nr == NR_CLONE3 && !admin {
+            return None; // unknown: ENOSYS, so that libcs fall back to clone
+        } else if nr == NR_CLONE {
+            clone_rules.as_ref().unwrap_or(&allow)
+        } else if nr == NR_PERSONALITY {
+            &personality_rules
+        } else {
+            &allow
+        };
+        Some((nr as u32, verdict))
+    });
+    let prog = dispatch::compile(table, SeccompAction::Errno(libc::ENOSYS as u32), AUDIT_ARCH).map_err(build_err)?;
     Ok(Filters(vec![prog]))
 }
 
-/// The known calls refused to an app with `caps`.
-fn refused(caps: &CapsHashSet) -> Vec<i64> {
-    GATED.iter().filter(|(_, need)| !need.iter().any(|c| caps.contains(c))).filter_map(|(name, _)| num(name)).collect()
+/// The number of the syscall `name` in [`KNOWN`], at compile time; -1 when this
+/// architecture's table lacks it.
+const fn nr_of(name: &str) -> i64 {
+    let mut i = 0;
+    while i < KNOWN.len() {
+        let (k, n) = (KNOWN[i].0.as_bytes(), name.as_bytes());
+        if k.len() == n.len() {
+            let mut j = 0;
+            while j < k.len() && k[j] == n[j] {
+                j += 1;
+            }
+            if j == k.len() {
+                return KNOWN[i].1;
+            }
+        }
+        i += 1;
+    }
+    -1
 }
+
+const NR_CLONE: i64 = nr_of("clone");
+const NR_CLONE3: i64 = nr_of("clone3");
+const NR_PERSONALITY: i64 = nr_of("personality");
+
+/// The numbers of [`GATED`]'s calls, in its order.
+const GATED_NRS: [i64; GATED.len()] = {
+    let mut out = [0; GATED.len()];
+    let mut i = 0;
+    while i < GATED.len() {
+        out[i] = nr_of(GATED[i].0);
+        i += 1;
+    }
+    out
+};
 
 // ---------------------------------------------------------------------------------------
 // docker-format JSON profiles.
@@ -843,9 +879,20 @@ mod tests {
 
     #[test]
     fn gated_names_are_all_known() {
-        for (name, _) in GATED {
+        for ((name, _), nr) in GATED.iter().zip(GATED_NRS) {
             assert!(num(name).is_some(), "{name}");
+            assert_eq!(Some(nr), num(name), "{name}");
         }
+        assert_eq!(Some(NR_CLONE), num("clone"));
+        assert_eq!(Some(NR_CLONE3), num("clone3"));
+        assert_eq!(Some(NR_PERSONALITY), num("personality"));
+    }
+
+    /// default_filters relies on it: the table is in syscall order, numbers below 1024.
+    #[test]
+    fn known_is_sorted_and_small() {
+        assert!(KNOWN.windows(2).all(|w| w[0].1 < w[1].1));
+        assert!(KNOWN.iter().all(|(_, nr)| (0..1024).contains(nr)));
     }
 
     #[test]
