@@ -45,6 +45,8 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+// Only the invoked subcommand's arguments are built (clap's `defer`).
+#[command(defer = true)]
 enum Command {
     /// Copy an image into the store from a registry (NAME[:TAG][@DIGEST]) or from oci:DIR[:REF], oci-archive:FILE[:REF], docker-archive:FILE[:NAME:TAG]
     Pull(import::PullArgs),

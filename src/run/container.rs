@@ -21,7 +21,7 @@ use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::SignalFd;
 use nix::sys::stat::{umask, Mode};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{fork, setgroups, setresgid, setresuid, setsid, ForkResult, Gid, Pid, Uid};
+use nix::unistd::{setgroups, setresgid, setresuid, setsid, Gid, Pid, Uid};
 
 use super::mounts::{Mount, Target};
 use super::rootfs::{self, Overlay};
@@ -214,25 +214,34 @@ fn setup_and_run(mut cfg: ChildConfig) -> Result<Never, Failure> {
         return exec_app(&process, &user, &cfg.app, false);
     }
     // SAFETY: this process is single-threaded (a clone3 child of a single-threaded parent).
-    match unsafe { fork() }? {
-        ForkResult::Child => exec_app(&process, &user, &cfg.app, true),
-        ForkResult::Parent { child } => {
-            // Only the app holds the exec pipe: its execve closes the last copy.
-            // SAFETY: closing our own slot.
-            unsafe { libc::close(fd(EXEC)) };
-            started(Some(child));
-            // Only an app with CAP_SYS_PTRACE can reach init (it is non-dumpable): then
-            // init gets the app's seccomp filters too (installing them costs ~1 ms).
-            let ptrace = cfg.app.caps.contains(&caps::Capability::CAP_SYS_PTRACE);
-            if let Err(e) = confine_init(cfg.app.seccomp.as_ref().filter(|_| ptrace)) {
-                report_error(EXIT_SETUP, &format!("init: {}", e.1));
-                let _ = kill(child, Signal::SIGKILL);
-                // SAFETY: plain exit.
-                unsafe { libc::_exit(EXIT_SETUP) }
-            }
-            init_loop(child)
+    // The app shares init's memory until it execs (no copy of init's address space);
+    // init waits meanwhile. Every signal is blocked here (the outer process blocked them
+    // before the clone) and init installs no handler: the app unblocks them just before
+    // execve.
+    let mut app = || match exec_app(&process, &user, &cfg.app, true) {
+        Ok(never) => match never {},
+        Err(Failure(code, msg)) => {
+            report_error(code, &msg);
+            code
         }
+    };
+    // SAFETY: init is single-threaded, holds no lock and runs no signal handler (above);
+    // `app` execs or returns its exit status.
+    let child = Pid::from_raw(unsafe { crate::sys::spawn_shared_vm(&mut app) }?);
+    // Only the app holds the exec pipe: its execve closed its copy, this closes ours.
+    // SAFETY: closing our own slot.
+    unsafe { libc::close(fd(EXEC)) };
+    started(Some(child));
+    // Only an app with CAP_SYS_PTRACE can reach init (it is non-dumpable): then init gets
+    // the app's seccomp filters too (installing them costs ~0.1 ms).
+    let ptrace = cfg.app.caps.contains(&caps::Capability::CAP_SYS_PTRACE);
+    if let Err(e) = confine_init(cfg.app.seccomp.as_ref().filter(|_| ptrace)) {
+        report_error(EXIT_SETUP, &format!("init: {}", e.1));
+        let _ = kill(child, Signal::SIGKILL);
+        // SAFETY: plain exit.
+        unsafe { libc::_exit(EXIT_SETUP) }
     }
+    init_loop(child)
 }
 
 /// Moves the pipes to fds 3-6 and closes every other fd above 2: nothing the outer
