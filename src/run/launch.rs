@@ -302,6 +302,8 @@ fn launch(
     };
     drop(cfg);
     let _alive = alive_w;
+    // The state file is made (locked, not yet visible) while init sets the container up.
+    let pending = state::prepare(&l.state_dir, id).map_err(|e| RunError::setup("write state", e))?;
     let console = console.map(|(ours, theirs)| {
         drop(theirs);
         ours
@@ -344,7 +346,7 @@ fn launch(
                 privileged: plan.privileged,
                 seccomp: l.seccomp_profile.clone(),
             };
-            let held = state::create(&l.state_dir, &s).map_err(|e| RunError::setup("write state", e))?;
+            let held = pending.commit(&s).map_err(|e| RunError::setup("write state", e))?;
             // The ID and pid files last: whoever waits for them finds the container in
             // `ps` too.
             if let Some(p) = &l.cidfile {

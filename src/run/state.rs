@@ -52,18 +52,43 @@ impl Drop for Held {
     }
 }
 
-/// Creates `<state_dir>/<id>.json`, locked, written before it becomes visible (as
-/// `.<id>.json.tmp`, then renamed).
-pub fn create(state_dir: &Path, s: &State) -> io::Result<Held> {
+/// The state entry of container `id`, `<state_dir>/<id>.json`, locked, is made in two
+/// steps: [`Pending`], the locked temporary file `.<id>.json.tmp`, while the container is
+/// being set up (when the outer process would otherwise wait), then
+/// [`Pending::commit`], written and renamed, once the app's process is known.
+pub fn prepare(state_dir: &Path, id: &str) -> io::Result<Pending> {
     fs::DirBuilder::new().recursive(true).mode(0o700).create(state_dir)?;
-    let tmp = state_dir.join(format!(".{}.json.tmp", s.id));
-    let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    let tmp = state_dir.join(format!(".{id}.json.tmp"));
+    let f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
     f.lock()?;
-    f.write_all(&serde_json::to_vec_pretty(s).map_err(io::Error::other)?)?;
-    // No fsync: the file means nothing once its lock is gone, and a crash drops the lock.
-    let path = state_dir.join(format!("{}.json", s.id));
-    fs::rename(&tmp, &path)?;
-    Ok(Held { path, _lock: f })
+    Ok(Pending { dir: state_dir.to_path_buf(), tmp, file: Some(f) })
+}
+
+/// A locked, not yet visible state file; removed on drop unless committed.
+pub struct Pending {
+    dir: PathBuf,
+    tmp: PathBuf,
+    file: Option<File>,
+}
+
+impl Pending {
+    /// Writes `s` and makes it visible under its id.
+    pub fn commit(mut self, s: &State) -> io::Result<Held> {
+        let mut f = self.file.take().expect("committed once");
+        f.write_all(&serde_json::to_vec_pretty(s).map_err(io::Error::other)?)?;
+        // No fsync: the file means nothing once its lock is gone, and a crash drops the lock.
+        let path = self.dir.join(format!("{}.json", s.id));
+        fs::rename(&self.tmp, &path)?;
+        Ok(Held { path, _lock: f })
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 /// The containers whose `coracle run` is alive; leftovers of dead ones are removed.
