@@ -341,6 +341,45 @@ fn hostname_default_and_flag() {
     assert_eq!(host_hostname(), host, "the host's hostname is untouched");
 }
 
+/// /dev: the character devices with their numbers and exact modes (whatever the umask
+/// coracle was started with), and the links docker and podman make.
+#[test]
+fn dev_has_the_standard_nodes_and_links() {
+    let fx = Fx::new();
+    let nodes = [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)];
+    let links =
+        [("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1")];
+    let script: Vec<String> = nodes
+        .iter()
+        .map(|(n, _, _)| format!("/bin/probe stat /dev/{n}"))
+        .chain(links.iter().map(|(n, _)| format!("/bin/probe stat /dev/{n}")))
+        .collect();
+    let script = script.join("; ");
+    let mut cmd = fx.cmd(&["fix", "/bin/sh", "-c", &script]);
+    // A restrictive umask in coracle's caller must not reach the modes.
+    // SAFETY: umask(2) only, between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::umask(0o077);
+            Ok(())
+        })
+    };
+    let o = Out(cmd.output().unwrap());
+    assert_eq!(o.code(), Some(0), "{}", o.stderr());
+    let out = o.stdout();
+    let stats: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for ((name, major, minor), st) in nodes.iter().zip(&stats) {
+        assert_eq!(
+            (st["type"].as_str(), st["mode"].as_str(), st["rdev_major"].as_u64(), st["rdev_minor"].as_u64()),
+            (Some("c"), Some("0666"), Some(*major), Some(*minor)),
+            "/dev/{name}: {st}"
+        );
+    }
+    for ((name, target), st) in links.iter().zip(&stats[nodes.len()..]) {
+        assert_eq!((st["type"].as_str(), st["link"].as_str()), (Some("l"), Some(*target)), "/dev/{name}: {st}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Capabilities and users.
 

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::fcntl::{openat, openat2, OFlag, OpenHow, ResolveFlag};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sys::stat::{fchmodat, fstat, mkdirat, mknodat, FchmodatFlags, Mode, SFlag};
+use nix::sys::stat::{fstat, mkdirat, mknodat, Mode, SFlag};
 use nix::unistd::{fchdir, pivot_root, symlinkat};
 
 use super::mounts::{Mount, Source, Target, DEVICES, DEV_LINKS, MASKED, READ_ONLY};
@@ -351,14 +351,23 @@ fn cstring(s: &str) -> CString {
 /// Device nodes and symlinks in the container's fresh /dev.
 pub fn populate_dev(root: BorrowedFd<'_>) -> Result<(), RootfsError> {
     let dev = open_in_root(root, "/dev", OFlag::O_PATH | OFlag::O_DIRECTORY).map_err(nerr("open", "/dev"))?;
+    // mknod applies the umask, and the modes must be exact: no umask while the nodes are
+    // made (init runs with none during setup anyway).
+    let old = nix::sys::stat::umask(Mode::empty());
     for d in DEVICES {
-        let p = format!("/dev/{}", d.name);
-        mknodat(dev.as_fd(), d.name, SFlag::S_IFCHR, Mode::from_bits_truncate(d.mode), libc::makedev(d.major, d.minor))
-            .map_err(nerr("mknod", &p))?;
-        // mknod applies the umask; the mode must be exact.
-        fchmodat(dev.as_fd(), d.name, Mode::from_bits_truncate(d.mode), FchmodatFlags::FollowSymlink)
-            .map_err(nerr("chmod", &p))?;
+        let made = mknodat(
+            dev.as_fd(),
+            d.name,
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(d.mode),
+            libc::makedev(d.major, d.minor),
+        );
+        if let Err(e) = made {
+            nix::sys::stat::umask(old);
+            return Err(nerr("mknod", format!("/dev/{}", d.name))(e));
+        }
     }
+    nix::sys::stat::umask(old);
     for (name, to) in DEV_LINKS {
         symlinkat(*to, dev.as_fd(), *name).map_err(nerr("symlink", format!("/dev/{name}")))?;
     }
