@@ -418,6 +418,15 @@ fn default_caps_and_no_new_privs() {
         assert_eq!(field(k), "0000000000000000", "init's {k}\n{status}");
     }
     assert_eq!(field("NoNewPrivs:"), "1", "{status}");
+
+    // An app with CAP_SYS_PTRACE could attach to init: init is confined (and under the
+    // app's seccomp filter) before the app's first instruction, every time.
+    for _ in 0..20 {
+        let status = fx.probe(&["--cap-add", "SYS_PTRACE"], &["cat", "/proc/1/status"]);
+        let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).map(str::trim).unwrap_or("?").to_owned();
+        assert_eq!(field("CapEff:"), "0000000000000020", "init when the app starts: {status}");
+        assert_eq!((field("NoNewPrivs:"), field("Seccomp:")), ("1".into(), "2".into()), "{status}");
+    }
 }
 
 /// `--privileged` gives every capability coracle itself has. Runs where coracle's own

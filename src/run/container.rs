@@ -211,37 +211,76 @@ fn setup_and_run(mut cfg: ChildConfig) -> Result<Never, Failure> {
     }
     if !cfg.init {
         started(None);
-        return exec_app(&process, &user, &cfg.app, false);
+        return exec_app(&process, &user, &cfg.app, false, None);
     }
-    // SAFETY: this process is single-threaded (a clone3 child of a single-threaded parent).
-    // The app shares init's memory until it execs (no copy of init's address space);
-    // init waits meanwhile. Every signal is blocked here (the outer process blocked them
-    // before the clone) and init installs no handler: the app unblocks them just before
-    // execve.
-    let mut app = || match exec_app(&process, &user, &cfg.app, true) {
-        Ok(never) => match never {},
-        Err(Failure(code, msg)) => {
-            report_error(code, &msg);
-            code
+    // An app with CAP_SYS_PTRACE can attach to init despite its non-dumpable flag, so
+    // init must be confined (below) before any code of the app's runs: such an app is
+    // forked and waits on a gate that init opens once confined. Any other app shares
+    // init's memory until it execs (no copy of init's address space, ~0.15 ms less per
+    // start); init is suspended meanwhile.
+    let ptrace = cfg.app.caps.contains(&caps::Capability::CAP_SYS_PTRACE);
+    let (child, gate) = if ptrace {
+        let (gate_r, gate_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        // SAFETY: init is single-threaded; the child only runs exec_app, then execs or
+        // exits.
+        match unsafe { nix::unistd::fork() }? {
+            nix::unistd::ForkResult::Child => {
+                drop(gate_w);
+                let code = run_app(&process, &user, &cfg.app, Some(gate_r.as_fd()));
+                // SAFETY: the app process ends without running anything of init's.
+                unsafe { libc::_exit(code) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                drop(gate_r);
+                (child, Some(gate_w))
+            }
         }
+    } else {
+        let mut app = || run_app(&process, &user, &cfg.app, None);
+        // SAFETY: init is single-threaded (a clone3 child of a single-threaded parent),
+        // holds no lock, has every signal blocked (the outer process blocked them before
+        // the clone) and installs no handler; the app unblocks them only for execve,
+        // after its last allocation (exec_app). `app` execs or returns its exit status.
+        let child = Pid::from_raw(unsafe { crate::sys::spawn_shared_vm(&mut app) }?);
+        // The app's uid change reset the dumpable flag of the memory it shared with init
+        // (to fs.suid_dumpable): init's own again.
+        nix::sys::prctl::set_dumpable(false)?;
+        (child, None)
     };
-    // SAFETY: init is single-threaded, holds no lock and runs no signal handler (above);
-    // `app` execs or returns its exit status.
-    let child = Pid::from_raw(unsafe { crate::sys::spawn_shared_vm(&mut app) }?);
-    // Only the app holds the exec pipe: its execve closed its copy, this closes ours.
+    // Only the app holds the exec pipe: this closes init's copy.
     // SAFETY: closing our own slot.
     unsafe { libc::close(fd(EXEC)) };
     started(Some(child));
-    // Only an app with CAP_SYS_PTRACE can reach init (it is non-dumpable): then init gets
-    // the app's seccomp filters too (installing them costs ~0.1 ms).
-    let ptrace = cfg.app.caps.contains(&caps::Capability::CAP_SYS_PTRACE);
+    // With CAP_SYS_PTRACE, init gets the app's seccomp filters too (~0.1 ms).
     if let Err(e) = confine_init(cfg.app.seccomp.as_ref().filter(|_| ptrace)) {
         report_error(EXIT_SETUP, &format!("init: {}", e.1));
         let _ = kill(child, Signal::SIGKILL);
         // SAFETY: plain exit.
         unsafe { libc::_exit(EXIT_SETUP) }
     }
+    if let Some(g) = gate {
+        // Confined: the app may exec.
+        let _ = nix::unistd::write(&g, b"1");
+    }
     init_loop(child)
+}
+
+/// The app process: exec_app, and on failure its error reported and its exit status
+/// returned. A panic (debug builds unwind) becomes a setup failure rather than an abort
+/// in the middle of memory the app may share with init.
+fn run_app(p: &Process, u: &user::ExecUser, cfg: &AppOptions, gate: Option<BorrowedFd<'_>>) -> i32 {
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| exec_app(p, u, cfg, true, gate)));
+    match r {
+        Ok(Ok(never)) => match never {},
+        Ok(Err(Failure(code, msg))) => {
+            report_error(code, &msg);
+            code
+        }
+        Err(_) => {
+            report_error(EXIT_SETUP, "the app's setup panicked");
+            EXIT_SETUP
+        }
+    }
 }
 
 /// Moves the pipes to fds 3-6 and closes every other fd above 2: nothing the outer
@@ -395,7 +434,7 @@ pub fn exec_main(mut cfg: ExecChild) -> ! {
             make_tty(&cfg.app)?;
         }
         started(None);
-        exec_app(&cfg.process, &user, &cfg.app, true)
+        exec_app(&cfg.process, &user, &cfg.app, true, None)
     })();
     let code = match r {
         Ok(never) => match never {},
@@ -408,7 +447,14 @@ pub fn exec_main(mut cfg: ExecChild) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-fn exec_app(p: &Process, u: &user::ExecUser, cfg: &AppOptions, forked: bool) -> Result<Never, Failure> {
+/// `gate`: wait for a byte on it before execve (init confining itself first).
+fn exec_app(
+    p: &Process,
+    u: &user::ExecUser,
+    cfg: &AppOptions,
+    forked: bool,
+    gate: Option<BorrowedFd<'_>>,
+) -> Result<Never, Failure> {
     // SAFETY: closing our copies of the pipes the app has no business with.
     unsafe {
         libc::close(fd(ALIVE));
@@ -459,11 +505,26 @@ fn exec_app(p: &Process, u: &user::ExecUser, cfg: &AppOptions, forked: bool) -> 
         .collect::<Result<_, _>>()?;
     let args: Vec<CString> = p.args.iter().map(|a| CString::new(a.as_str())).collect::<Result<_, _>>()?;
     let path = p.env.iter().find(|(k, _)| k == "PATH").map_or(super::spec::DEFAULT_PATH, |(_, v)| v.as_str());
-    let mut candidates: Vec<String> = Vec::new();
-    if p.args[0].contains('/') {
-        candidates.push(p.args[0].clone());
+    let candidates: Vec<CString> = if p.args[0].contains('/') {
+        CString::new(p.args[0].as_str()).into_iter().collect()
     } else {
-        candidates.extend(path.split(':').filter(|d| !d.is_empty()).map(|d| format!("{d}/{}", p.args[0])));
+        path.split(':')
+            .filter(|d| !d.is_empty())
+            .filter_map(|d| CString::new(format!("{d}/{}", p.args[0])).ok())
+            .collect()
+    };
+    // Everything execve needs is allocated now: from the unblocking of signals on, this
+    // process makes only system calls (killed there, it leaves no lock of the memory it
+    // may share with init taken).
+    let argv: Vec<*const libc::c_char> =
+        args.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    let envp: Vec<*const libc::c_char> =
+        env.iter().map(|e| e.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    if let Some(g) = gate {
+        let mut b = [0u8; 1];
+        if !matches!(nix::unistd::read(g, &mut b), Ok(1)) {
+            return Err(Failure(EXIT_SETUP, "init ended before the app could start".into()));
+        }
     }
     // Signals unblocked: the app starts with an empty mask. Dispositions our caller set to
     // "ignore" stay ignored across exec, as they would for the app run directly.
@@ -471,8 +532,10 @@ fn exec_app(p: &Process, u: &user::ExecUser, cfg: &AppOptions, forked: bool) -> 
     let mut last = Errno::ENOENT;
     let mut seen_eacces = false;
     for c in &candidates {
-        let Ok(cpath) = CString::new(c.as_str()) else { continue };
-        let e = nix::unistd::execve(&cpath, &args, &env).unwrap_err();
+        // SAFETY: NUL-terminated path, argv and envp arrays ending in a null pointer, all
+        // alive across the call.
+        unsafe { libc::execve(c.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+        let e = Errno::last();
         if e == Errno::EACCES {
             seen_eacces = true;
         }

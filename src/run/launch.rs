@@ -296,14 +296,15 @@ fn launch(
             preserve: l.preserve_fds,
         }),
     };
+    // The state file, locked and not yet visible, before the clone: a failure here must
+    // not leave an init behind that builds a container nobody waits for.
+    let pending = state::prepare(&l.state_dir, id).map_err(|e| RunError::setup("write state", e))?;
     let (init_pid, pidfd) = match sys::clone3_fork(flags).map_err(|e| RunError::setup("clone3", e))? {
         Forked::Child => container::main(cfg),
         Forked::Parent { pid, pidfd } => (pid, pidfd),
     };
     drop(cfg);
     let _alive = alive_w;
-    // The state file is made (locked, not yet visible) while init sets the container up.
-    let pending = state::prepare(&l.state_dir, id).map_err(|e| RunError::setup("write state", e))?;
     let console = console.map(|(ours, theirs)| {
         drop(theirs);
         ours

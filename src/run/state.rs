@@ -60,8 +60,10 @@ pub fn prepare(state_dir: &Path, id: &str) -> io::Result<Pending> {
     fs::DirBuilder::new().recursive(true).mode(0o700).create(state_dir)?;
     let tmp = state_dir.join(format!(".{id}.json.tmp"));
     let f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
-    f.lock()?;
-    Ok(Pending { dir: state_dir.to_path_buf(), tmp, file: Some(f) })
+    // From here on, dropping the Pending removes the file.
+    let pending = Pending { dir: state_dir.to_path_buf(), tmp, file: Some(f) };
+    pending.file.as_ref().expect("just made").lock()?;
+    Ok(pending)
 }
 
 /// A locked, not yet visible state file; removed on drop unless committed.
@@ -74,11 +76,13 @@ pub struct Pending {
 impl Pending {
     /// Writes `s` and makes it visible under its id.
     pub fn commit(mut self, s: &State) -> io::Result<Held> {
-        let mut f = self.file.take().expect("committed once");
+        let f = self.file.as_mut().expect("committed once");
         f.write_all(&serde_json::to_vec_pretty(s).map_err(io::Error::other)?)?;
         // No fsync: the file means nothing once its lock is gone, and a crash drops the lock.
         let path = self.dir.join(format!("{}.json", s.id));
         fs::rename(&self.tmp, &path)?;
+        // Visible under its id: no longer ours to remove as a temporary file.
+        let f = self.file.take().expect("committed once");
         Ok(Held { path, _lock: f })
     }
 }
