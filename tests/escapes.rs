@@ -29,13 +29,12 @@
 mod util;
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Seek};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::io::{Read, Seek};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, OnceLock};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -55,15 +54,6 @@ const T: &str = r#"t() { if ( eval "$1" ) >/tmp/.t 2>&1; then echo "OPENED $1"; 
 
 // ---------------------------------------------------------------------------------------
 // Fixture: a private store holding the default image as `fix` (as in tests/run.rs).
-
-fn default_built() -> &'static Built {
-    static IMG: OnceLock<Built> = OnceLock::new();
-    IMG.get_or_init(default_image)
-}
-
-fn default_tar() -> &'static [u8] {
-    &default_built().tars[0]
-}
 
 struct Fx {
     env: Env,
@@ -141,26 +131,9 @@ fn ok(o: &Out, what: &str) -> String {
     o.stdout()
 }
 
-/// Asserts a failed run: exit `code`, one line on stderr starting with `prefix`.
-fn assert_fails(o: &Out, code: i32, prefix: &str) {
-    let err = o.stderr();
-    assert_eq!(o.code(), Some(code), "expected exit {code}, got {:?}; stderr: {err:?}", o.0.status);
-    assert_eq!(err.lines().count(), 1, "error must be one line: {err:?}");
-    assert!(err.starts_with(prefix), "error must start with {prefix:?}: {err:?}");
-}
-
 /// Lines of an attack script's output that report a successful open.
 fn opened(out: &str) -> Vec<&str> {
     out.lines().filter(|l| l.starts_with("OPENED")).collect()
-}
-
-/// Entry names of a directory (empty when it does not exist).
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default();
-    v.sort();
-    v
 }
 
 /// Everything under `dir`, never following symlinks: names, types, modes, owners, link
@@ -239,114 +212,6 @@ fn children(pid: i32) -> Vec<i32> {
         v.extend(c.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
     }
     v
-}
-
-/// A `coracle run` or `coracle exec` in the background with its stdout read line by line.
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    stderr: Option<JoinHandle<String>>,
-    /// pidfds of container processes, SIGKILLed on drop.
-    container: Vec<OwnedFd>,
-}
-
-impl Running {
-    fn spawn(mut cmd: Command) -> Running {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        let out = child.stdout.take().unwrap();
-        let mut err = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines() {
-                let Ok(l) = l else { break };
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            s
-        });
-        Running { child, lines, stderr: Some(stderr), container: Vec::new() }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn adopt(&mut self, pid: i32) {
-        if let Some(fd) = pidfd_open(pid) {
-            self.container.push(fd);
-        }
-    }
-
-    fn line(&self, limit: Duration) -> String {
-        self.lines.recv_timeout(limit).unwrap_or_else(|e| panic!("no line from the container within {limit:?}: {e}"))
-    }
-
-    /// Waits for the exit; returns the status, the rest of stdout and stderr.
-    fn finish(&mut self, limit: Duration) -> (ExitStatus, Vec<String>, String) {
-        let st =
-            wait_timeout(&mut self.child, limit).unwrap_or_else(|| panic!("coracle still running after {limit:?}"));
-        let mut rest = Vec::new();
-        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(2)) {
-            rest.push(l);
-        }
-        let err = self.stderr.take().map(|h| h.join().unwrap()).unwrap_or_default();
-        (st, rest, err)
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        for fd in &self.container {
-            pidfd_kill(fd);
-        }
-        let end = Instant::now() + Duration::from_secs(1);
-        for fd in &self.container {
-            while !reap(fd) && Instant::now() < end {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
-    }
-}
-
-/// Reaps the process behind `fd` if it is our child and has exited; true when there is
-/// nothing (more) to wait for.
-fn reap(fd: &OwnedFd) -> bool {
-    // SAFETY: siginfo_t is plain data that waitid fills in.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    // SAFETY: waitid on a live pidfd (P_PIDFD = 3) with a valid siginfo pointer.
-    let r = unsafe { libc::waitid(3, fd.as_raw_fd() as libc::id_t, &mut info, libc::WEXITED | libc::WNOHANG) };
-    // SAFETY: reading the pid field of the siginfo waitid filled in.
-    r != 0 || unsafe { info.si_pid() } != 0
-}
-
-fn wait_pid_file(p: &Path, run: &mut Running) -> i32 {
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(s) = fs::read_to_string(p) {
-            if let Ok(pid) = s.trim().parse::<i32>() {
-                run.adopt(pid);
-                if let Some(init) = parent(pid).filter(|&p| p != run.pid()) {
-                    run.adopt(init);
-                }
-                return pid;
-            }
-        }
-        if let Ok(Some(st)) = run.child.try_wait() {
-            panic!("coracle exited ({st:?}) before writing {}", p.display());
-        }
-        assert!(Instant::now() < end, "no pid file {} after 10 s", p.display());
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 /// A mount the test made on the host, detached on drop.
@@ -834,6 +699,29 @@ impl Drop for Swapper {
 const RACED: [&str; 3] = ["/bin/sh", "-c", "/bin/probe mounts && exec /bin/probe cwd"];
 
 /// A unique name for mount targets that an escape would create in the host's `/`.
+/// 20 runs with `vol` on /data while something swaps `dir` (under /data): half with a
+/// volume of `other` on `dir`, half with one, a tmpfs and the working directory under
+/// it; alternately with a tmpfs and a store scratch. Their outcomes counted.
+fn raced_runs(fx: &Fx, vol: &str, dir: &str, name: &str, other: &Path) -> Outcomes {
+    let on = format!("{}:{dir}", other.display());
+    let under = format!("{}:{dir}/{name}-v", other.display());
+    let (tmpfs, wd) = (format!("{dir}/{name}-t"), format!("{dir}/{name}-w"));
+    let mut outcomes: Outcomes = [0; 4];
+    for i in 0..20 {
+        let scratch = if i % 2 == 0 { "tmpfs" } else { "store" };
+        let mut args = vec!["--scratch", scratch, "-v", vol];
+        if i % 4 < 2 {
+            args.extend(["-v", &on]);
+        } else {
+            args.extend(["-v", &under, "--tmpfs", &tmpfs, "-w", &wd]);
+        }
+        args.push("fix");
+        args.extend(RACED);
+        count_outcome(&fx.run(&args), other, &mut outcomes);
+    }
+    outcomes
+}
+
 fn escape_name() -> String {
     format!("coracle-escape-{}", std::process::id())
 }
@@ -870,23 +758,7 @@ fn cve_2021_30465_host_swapping_a_volume_dir_during_start_reaches_nothing() {
 
     let mut swapper = Swapper::start(&src);
     let vol = format!("{}:/data", src.display());
-    let on_a = format!("{}:/data/a", other.display());
-    let nested = format!("{}:/data/a/{name}-v", other.display());
-    let (tmpfs, wd) = (format!("/data/a/{name}-t"), format!("/data/a/{name}-w"));
-    let mut outcomes: Outcomes = [0; 4];
-    for i in 0..20 {
-        let scratch = if i % 2 == 0 { "tmpfs" } else { "store" };
-        let mut args = vec!["--scratch", scratch, "-v", &vol];
-        if i % 4 < 2 {
-            args.extend(["-v", &on_a]);
-        } else {
-            args.extend(["-v", &nested, "--tmpfs", &tmpfs, "-w", &wd]);
-        }
-        args.push("fix");
-        args.extend(RACED);
-        let o = fx.run(&args);
-        count_outcome(&o, &other, &mut outcomes);
-    }
+    let outcomes = raced_runs(&fx, &vol, "/data/a", &name, &other);
     let swaps = swapper.finish();
     assert!(swaps > 100, "the swapper stopped early (renameat2 failed) after {swaps} exchanges");
     eprintln!("{swaps} swaps; runs, lost cwds, refusals, volume over /: {outcomes:?}");
@@ -930,23 +802,7 @@ fn cve_2018_15664_a_container_swapping_a_volume_target_for_a_symlink_to_root() {
     let mut racer = Running::spawn(fx.cmd(&["-v", &vol, "fix", "/bin/sh", "-c", &racer_script]));
     assert_eq!(racer.line(Duration::from_secs(10)), "racing");
 
-    let on_x = format!("{}:/data/x", other.display());
-    let under_x = format!("{}:/data/x/{name}-v", other.display());
-    let (tmpfs, wd) = (format!("/data/x/{name}-t"), format!("/data/x/{name}-w"));
-    let mut outcomes: Outcomes = [0; 4];
-    for i in 0..20 {
-        let scratch = if i % 2 == 0 { "tmpfs" } else { "store" };
-        let mut args = vec!["--scratch", scratch, "-v", &vol];
-        if i % 4 < 2 {
-            args.extend(["-v", &on_x]);
-        } else {
-            args.extend(["-v", &under_x, "--tmpfs", &tmpfs, "-w", &wd]);
-        }
-        args.push("fix");
-        args.extend(RACED);
-        let o = fx.run(&args);
-        count_outcome(&o, &other, &mut outcomes);
-    }
+    let outcomes = raced_runs(&fx, &vol, "/data/x", &name, &other);
     fs::write(src.join("stop"), "").unwrap();
     let (st, rest, err) = racer.finish(Duration::from_secs(10));
     assert_eq!((st.code(), rest), (Some(0), vec!["racer-done".to_owned()]), "racer: {err}");

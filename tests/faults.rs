@@ -22,10 +22,9 @@
 mod util;
 
 use std::collections::BTreeSet;
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -69,46 +68,6 @@ fn on_base(layers: Vec<(Vec<u8>, Comp)>) -> Built {
     build(&Image::new(all))
 }
 
-/// A tmpfs mounted for one test, unmounted on drop (lazily if something still holds it).
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Tmpfs {
-        use nix::mount::{mount, MsFlags};
-        fs::create_dir_all(at).unwrap();
-        let opts = format!("size={size},mode=0700");
-        mount(Some("tmpfs"), at, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(opts.as_str()))
-            .unwrap_or_else(|e| panic!("mount tmpfs on {}: {e}", at.display()));
-        Tmpfs(at.to_path_buf())
-    }
-
-    fn free(&self) -> u64 {
-        let st = nix::sys::statvfs::statvfs(&self.0).unwrap();
-        st.blocks_available() * st.fragment_size()
-    }
-
-    /// Writes a ballast file at `path` (on this fs) that leaves `left` bytes free.
-    fn fill(&self, path: &Path, left: u64) {
-        let mut f = File::create(path).unwrap();
-        let chunk = vec![0x5au8; 1 << 20];
-        let mut todo = self.free().saturating_sub(left);
-        while todo > 0 {
-            let n = todo.min(chunk.len() as u64) as usize;
-            f.write_all(&chunk[..n]).unwrap();
-            todo -= n as u64;
-        }
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        use nix::mount::{umount2, MntFlags};
-        if umount2(&self.0, MntFlags::empty()).is_err() {
-            let _ = umount2(&self.0, MntFlags::MNT_DETACH);
-        }
-    }
-}
-
 /// `coracle` against a registry: no credentials of the host are read.
 fn co(env: &Env) -> Command {
     let mut c = env.cmd();
@@ -124,16 +83,6 @@ fn ok(env: &Env, args: &[&str]) -> String {
     let o = run(env, args);
     assert!(o.status(), "coracle {args:?} failed ({:?}): {}", o.code(), o.stderr());
     o.stdout()
-}
-
-fn entries(dir: &Path) -> BTreeSet<String> {
-    fs::read_dir(dir)
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default()
-}
-
-fn store_entries(env: &Env, rel: &str) -> BTreeSet<String> {
-    entries(&env.root().join(rel))
 }
 
 /// The images as `images --format json` lists them: (ID, names), sorted.
@@ -211,7 +160,7 @@ fn enospc_pull_run_and_import_fail_cleanly_on_a_small_store() {
     reg.push_image(&big, "fault/big:1");
     let env = Env::new();
     fs::write(env.path("rootfs.tar"), noise_layer(3, 24, 1 << 20)).unwrap();
-    let store = Tmpfs::mount(&env.root(), "24m");
+    let store = Tmpfs::mount(&env.root(), "24m", "0700");
     let (base_ref, big_ref) = (format!("{}/fault/base:1", reg.addr()), format!("{}/fault/big:1", reg.addr()));
     ok(&env, &["pull", &base_ref]);
     let (images, objects, free) = (image_list(&env), committed(&env), store.free());
@@ -257,7 +206,7 @@ fn enospc_at_random_fill_levels_of_a_registry_pull() {
     let img = on_base(vec![(noise_layer(11, 6, 512 << 10), Comp::Gzip), (noise_layer(12, 6, 512 << 10), Comp::Zstd)]);
     reg.push_image(&img, "fault/medium:1");
     let env = Env::new();
-    let store = Tmpfs::mount(&env.root(), "24m");
+    let store = Tmpfs::mount(&env.root(), "24m", "0700");
     let (base_ref, img_ref) = (format!("{}/fault/base:1", reg.addr()), format!("{}/fault/medium:1", reg.addr()));
     ok(&env, &["pull", &base_ref]);
     let (images, objects) = (image_list(&env), committed(&env));
@@ -323,7 +272,7 @@ fn enospc_in_the_commit_step_commits_nothing() {
     let layout = env.path("oci");
     write_oci_layout(&layout, &[(&img, Some("v1"))]);
     let src = format!("oci:{}:v1", layout.display());
-    let store = Tmpfs::mount(&env.root(), "24m");
+    let store = Tmpfs::mount(&env.root(), "24m", "0700");
     ok(&env, &["images"]);
     let (images, objects, empty) = (image_list(&env), committed(&env), store.free());
     ok(&env, &["pull", "-q", &src]);
@@ -371,7 +320,7 @@ fn container_writes_until_the_store_is_full() {
     let env = Env::new();
     let layout = env.path("oci");
     write_oci_layout(&layout, &[(base(), Some("latest"))]);
-    let store = Tmpfs::mount(&env.root(), "24m");
+    let store = Tmpfs::mount(&env.root(), "24m", "0700");
     ok(&env, &["pull", "--tag", "fix", &format!("oci:{}", layout.display())]);
     let (images, objects, empty) = (image_list(&env), committed(&env), store.free());
     let fill = "dd if=/dev/zero of=/fill bs=64k 2>&1; echo \"dd exit $?\"; exit 7";

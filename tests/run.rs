@@ -13,13 +13,11 @@ mod util;
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::{BufRead, BufReader, Read};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, OnceLock};
-use std::thread::JoinHandle;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -34,18 +32,6 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 
 // ---------------------------------------------------------------------------------------
 // Fixture: a private store holding the default image as `fix`.
-
-/// The default fixture image, assembled once per test binary (each test still pulls it
-/// into its own store).
-fn default_built() -> &'static Built {
-    static IMG: OnceLock<Built> = OnceLock::new();
-    IMG.get_or_init(default_image)
-}
-
-/// The default rootfs layer tarball, for images that stack more layers on it.
-fn default_tar() -> &'static [u8] {
-    &default_built().tars[0]
-}
 
 struct Fx {
     env: Env,
@@ -116,23 +102,6 @@ impl Fx {
     }
 }
 
-/// Entry names of a directory (empty when it does not exist).
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
-/// Asserts a failed run: exit `code`, one line on stderr starting with `prefix`.
-fn assert_fails(o: &Out, code: i32, prefix: &str) {
-    let err = o.stderr();
-    assert_eq!(o.code(), Some(code), "expected exit {code}, got {:?}; stderr: {err:?}", o.0.status);
-    assert_eq!(err.lines().count(), 1, "error must be one line: {err:?}");
-    assert!(err.starts_with(prefix), "error must start with {prefix:?}: {err:?}");
-}
-
 /// First column of `probe ls` output.
 fn ls_names(out: &str) -> Vec<String> {
     out.lines().filter_map(|l| l.split(' ').next()).map(str::to_owned).collect()
@@ -180,125 +149,6 @@ fn procs_in_ns(ns: &Path) -> Vec<i32> {
         .collect();
     v.sort();
     v
-}
-
-/// A `coracle run` in the background with its stdout read line by line.
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    stderr: Option<JoinHandle<String>>,
-    /// pidfds of container processes, SIGKILLed on drop.
-    container: Vec<OwnedFd>,
-}
-
-impl Running {
-    fn spawn(mut cmd: Command) -> Running {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        let out = child.stdout.take().unwrap();
-        let mut err = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines() {
-                let Ok(l) = l else { break };
-                if tx.send(l).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            s
-        });
-        Running { child, lines, stderr: Some(stderr), container: Vec::new() }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    /// Remembers a container process so that drop kills it whatever happens.
-    fn adopt(&mut self, pid: i32) {
-        if let Some(fd) = pidfd_open(pid) {
-            self.container.push(fd);
-        }
-    }
-
-    fn line(&self, limit: Duration) -> String {
-        self.lines.recv_timeout(limit).unwrap_or_else(|e| panic!("no line from the container within {limit:?}: {e}"))
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: signalling our own, not yet reaped, child.
-        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0, "kill {sig}");
-    }
-
-    /// Waits for the exit; returns the status, the rest of stdout and stderr.
-    fn finish(&mut self, limit: Duration) -> (ExitStatus, Vec<String>, String) {
-        let st =
-            wait_timeout(&mut self.child, limit).unwrap_or_else(|| panic!("coracle still running after {limit:?}"));
-        let mut rest = Vec::new();
-        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(2)) {
-            rest.push(l);
-        }
-        let err = self.stderr.take().map(|h| h.join().unwrap()).unwrap_or_default();
-        (st, rest, err)
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        for fd in &self.container {
-            pidfd_kill(fd);
-        }
-        // Container processes orphaned by the kill of coracle were reparented to us (see
-        // `subreaper`): reap them, so that not even a zombie is left.
-        let end = Instant::now() + Duration::from_secs(1);
-        for fd in &self.container {
-            while !reap(fd) && Instant::now() < end {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
-    }
-}
-
-/// Reaps the process behind `fd` if it is our child and has exited; true when there is
-/// nothing (more) to wait for.
-fn reap(fd: &OwnedFd) -> bool {
-    // SAFETY: siginfo_t is plain data that waitid fills in.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    // SAFETY: waitid on a live pidfd (P_PIDFD = 3) with a valid siginfo pointer.
-    let r = unsafe { libc::waitid(3, fd.as_raw_fd() as libc::id_t, &mut info, libc::WEXITED | libc::WNOHANG) };
-    // SAFETY: reading the pid field of the siginfo waitid filled in (0 when no child was
-    // waitable yet).
-    r != 0 || unsafe { info.si_pid() } != 0
-}
-
-/// Waits for a pid file written by `--pid-file` and returns the pid.
-fn wait_pid_file(p: &Path, run: &mut Running) -> i32 {
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(s) = fs::read_to_string(p) {
-            if let Ok(pid) = s.trim().parse::<i32>() {
-                run.adopt(pid);
-                // The container's init, unless the app is PID 1 itself (--no-init).
-                if let Some(init) = parent(pid).filter(|&p| p != run.pid()) {
-                    run.adopt(init);
-                }
-                return pid;
-            }
-        }
-        if let Ok(Some(st)) = run.child.try_wait() {
-            panic!("coracle exited ({st:?}) before writing {}", p.display());
-        }
-        assert!(Instant::now() < end, "no pid file {} after 10 s", p.display());
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 // ---------------------------------------------------------------------------------------

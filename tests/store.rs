@@ -20,6 +20,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use util::procs::Tmpfs;
 use util::*;
 
 // ---------------------------------------------------------------------------------------
@@ -235,46 +236,6 @@ impl CreateWatch {
         }
         names
     }
-}
-
-/// A tmpfs mounted for one test, unmounted on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Tmpfs {
-        use nix::mount::{mount, MsFlags};
-        fs::create_dir_all(at).unwrap();
-        let opts = format!("size={size},mode=0755");
-        mount(Some("tmpfs"), at, Some("tmpfs"), MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some(opts.as_str()))
-            .unwrap_or_else(|e| panic!("mount tmpfs on {}: {e}", at.display()));
-        Tmpfs(at.to_path_buf())
-    }
-
-    fn free(&self) -> u64 {
-        let st = nix::sys::statvfs::statvfs(&self.0).unwrap();
-        st.blocks_available() * st.fragment_size()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        use nix::mount::{umount2, MntFlags};
-        // A lazy unmount if something still holds it: never leave the mount behind.
-        if umount2(&self.0, MntFlags::empty()).is_err() {
-            let _ = umount2(&self.0, MntFlags::MNT_DETACH);
-        }
-    }
-}
-
-/// Entry names of a directory (empty if it does not exist).
-fn entries(dir: &Path) -> BTreeSet<String> {
-    fs::read_dir(dir)
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default()
-}
-
-fn store_entries(env: &Env, rel: &str) -> BTreeSet<String> {
-    entries(&env.root().join(rel))
 }
 
 /// The blob and layer hexes the image records on disk reference.
@@ -800,7 +761,7 @@ fn enospc_fails_cleanly_and_gc_gives_the_space_back() {
     require_root();
     let _heavy = heavy();
     let env = Env::new();
-    let tmpfs = Tmpfs::mount(&env.root(), "40m");
+    let tmpfs = Tmpfs::mount(&env.root(), "40m", "0755");
     env.ok(&["images"]);
     let baseline = tmpfs.free();
 
@@ -844,7 +805,7 @@ fn enospc_at_a_random_point_of_an_import_fails_cleanly() {
     require_root();
     let _heavy = heavy();
     let env = Env::new();
-    let tmpfs = Tmpfs::mount(&env.root(), "40m");
+    let tmpfs = Tmpfs::mount(&env.root(), "40m", "0755");
     env.ok(&["images"]);
     let img = build(&Image::new(vec![
         (noise_layer(70, 8, 1 << 20), Comp::Gzip),

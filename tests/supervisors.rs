@@ -35,7 +35,6 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -47,11 +46,6 @@ const TOOLS: &[&str] = &["runsv", "sv", "svlogd", "s6-supervise", "s6-svc", "s6-
 
 // ---------------------------------------------------------------------------------------
 // Fixture: a private store holding the default image as `fix`.
-
-fn default_built() -> &'static Built {
-    static IMG: OnceLock<Built> = OnceLock::new();
-    IMG.get_or_init(default_image)
-}
 
 struct Fx {
     env: Env,
@@ -169,15 +163,6 @@ fn write_script(path: &Path, text: &str) {
     fs::rename(&tmp, path).unwrap();
 }
 
-/// Entry names of a directory (empty when it does not exist).
-fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir)
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
 struct Service {
     dir: PathBuf,
     finish_log: PathBuf,
@@ -233,18 +218,6 @@ fn poll<T>(limit: Duration, what: impl Fn() -> String, mut f: impl FnMut() -> Op
 fn pidfd_kill(fd: &OwnedFd, sig: i32) {
     // SAFETY: plain syscall on a pidfd; null siginfo.
     unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), sig, std::ptr::null::<u8>(), 0) };
-}
-
-/// Reaps the process behind `fd` if it is our child and has exited; true when there is
-/// nothing (more) to wait for.
-fn reap(fd: &OwnedFd) -> bool {
-    // SAFETY: siginfo_t is plain data that waitid fills in.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    // SAFETY: waitid on a pidfd (P_PIDFD = 3) with a valid siginfo pointer.
-    let r = unsafe { libc::waitid(3, fd.as_raw_fd() as libc::id_t, &mut info, libc::WEXITED | libc::WNOHANG) };
-    // SAFETY: reading the pid field of the siginfo waitid filled in (0 when no child was
-    // waitable yet).
-    r != 0 || unsafe { info.si_pid() } != 0
 }
 
 /// (state letter, parent) of a process, `None` when it is gone.

@@ -187,7 +187,7 @@ pub fn run(store: &Store, state: PathBuf, a: RunArgs) -> CmdResult {
     for f in &a.env_file {
         env_files.push(std::fs::read_to_string(f).map_err(|e| fail(format!("--env-file {}: {e}", f.display())))?);
     }
-    let hostname = a.hostname.clone();
+    let hostname = a.hostname.clone().unwrap_or_else(launch::host_hostname);
     let process = spec::process(
         &defaults,
         &ProcessOptions {
@@ -198,9 +198,7 @@ pub fn run(store: &Store, state: PathBuf, a: RunArgs) -> CmdResult {
             workdir: a.workdir.clone(),
             user: a.user.clone(),
             tty: a.tty,
-            hostname: hostname.clone().unwrap_or_else(|| {
-                nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default()
-            }),
+            hostname: hostname.clone(),
         },
         &|k| std::env::var(k).ok(),
     )?;

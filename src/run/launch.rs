@@ -37,7 +37,8 @@ pub struct Launch {
     pub image_name: String,
     pub process: Process,
     pub plan: PlanOptions,
-    pub hostname: Option<String>,
+    /// `--hostname`, or the host's.
+    pub hostname: String,
     pub name: Option<String>,
     pub caps: CapsHashSet,
     pub init: bool,
@@ -135,17 +136,22 @@ impl Drop for ScratchDir {
 
 fn random_id() -> io::Result<String> {
     let mut b = [0u8; 32];
-    File::open("/dev/urandom")?.read_exact(&mut b)?;
+    // SAFETY: getrandom(2) fills at most the buffer's length.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if n != b.len() as isize {
+        return Err(if n < 0 { io::Error::last_os_error() } else { io::ErrorKind::UnexpectedEof.into() });
+    }
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
-fn host_hostname() -> String {
+/// The host's hostname, the container's by default.
+pub fn host_hostname() -> String {
     nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into())
 }
 
 pub fn run(l: Launch) -> Result<Outcome, RunError> {
     let id = random_id().map_err(|e| RunError::setup("container id", e))?;
-    let hostname = l.hostname.clone().unwrap_or_else(host_hostname);
+    let hostname = l.hostname.clone();
     let name = l.name.clone().unwrap_or_else(|| id[..12].to_owned());
     // A --name must be free among running containers; the names lock is held until our
     // state exists, so two runs with one name cannot both start.

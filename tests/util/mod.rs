@@ -165,6 +165,43 @@ pub fn default_image() -> Built {
     build(&Image::new(vec![(rootfs, Comp::Gzip)]))
 }
 
+/// The default fixture image, assembled once per test binary (each test still pulls it
+/// into its own store).
+pub fn default_built() -> &'static Built {
+    static IMG: OnceLock<Built> = OnceLock::new();
+    IMG.get_or_init(default_image)
+}
+
+/// The default rootfs layer tarball, for images that stack more layers on it.
+pub fn default_tar() -> &'static [u8] {
+    &default_built().tars[0]
+}
+
+/// Entry names of a directory (empty when it does not exist).
+pub fn entries(dir: &Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+/// The same, as a sorted list.
+pub fn names(dir: &Path) -> Vec<String> {
+    entries(dir).into_iter().collect()
+}
+
+/// Entry names of `rel` in the env's store.
+pub fn store_entries(env: &Env, rel: &str) -> std::collections::BTreeSet<String> {
+    entries(&env.root().join(rel))
+}
+
+/// Asserts a failed run: exit `code`, one line on stderr starting with `prefix`.
+pub fn assert_fails(o: &Out, code: i32, prefix: &str) {
+    let err = o.stderr();
+    assert_eq!(o.code(), Some(code), "expected exit {code}, got {:?}; stderr: {err:?}", o.0.status);
+    assert_eq!(err.lines().count(), 1, "error must be one line: {err:?}");
+    assert!(err.starts_with(prefix), "error must start with {prefix:?}: {err:?}");
+}
+
 /// A command from the host that must exist (installed by the test command).
 pub fn need_tool(name: &str) {
     let found =
