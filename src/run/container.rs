@@ -333,7 +333,8 @@ fn place_pipes(p: ChildPipes) -> Result<(), Failure> {
 /// Init keeps only what it needs to forward signals to an app of any uid (CAP_KILL),
 /// with no_new_privs, and (given `seccomp`) the app's filters: a container given
 /// CAP_SYS_PTRACE can attach to it despite its non-dumpable flag, and must then find
-/// nothing more than the app already has. Done after the fork, while the app starts.
+/// nothing more than the app already has. Done once the app is started: after its
+/// execve for an app that shares init's memory, before it for one with CAP_SYS_PTRACE.
 fn confine_init(seccomp: Option<&super::seccomp::Filters>) -> Result<(), Failure> {
     let keep = caps::Capability::CAP_KILL.bitmask();
     crate::sys::bounding_keep_only(keep)?;
