@@ -3,10 +3,12 @@
 //! or forks it and stays as a minimal init: forwards signals, reaps zombies, reports the
 //! app's status and exits with it.
 //!
-//! Talks to the outer `coracle run` only through pipes (fixed fds 3-6 after the clone):
-//! `alive` (EOF = the outer died), `started` (one byte once the app is about to run, then
-//! the app's pid as this namespace sees it), `status` (the app's wait status, from init),
-//! `error` (`<exit code> <message>` when setup or exec fails).
+//! Talks to the outer `coracle run` only through pipes and sockets at fixed fds after the
+//! clone (from 3, above any fds passed to the app): `alive` (EOF = the outer died),
+//! `started` (one byte once the app is about to run, then the app's pid as this namespace
+//! sees it), `status` (the app's wait status, from init), `error` (`<exit code>
+//! <message>` when setup or exec fails), `exec`, and the sockets for the terminal, the
+//! sd_notify relay and the filesystems the outer makes meanwhile ([`rootfs::Prebuilt`]).
 
 use std::ffi::CString;
 use std::io::Write;
@@ -40,7 +42,7 @@ pub struct ChildConfig {
     pub init: bool,
     pub read_only: bool,
     pub network_none: bool,
-    /// Taken by the child when it places them at fds 3-6.
+    /// Taken by the child when it places them at their fixed fds.
     pub pipes: Option<ChildPipes>,
 }
 
@@ -92,6 +94,9 @@ pub struct ChildPipes {
     /// The unbound datagram socket the outer process relays sd_notify messages from:
     /// bound here, in the scratch dir, then bind-mounted into the container.
     pub notify: Option<OwnedFd>,
+    /// The socket on which the outer process sends the filesystems it made for the
+    /// plan ([`rootfs::Prebuilt`]).
+    pub mounts: Option<OwnedFd>,
     /// fds 3..3+preserve stay open into the app (socket activation, --preserve-fds).
     pub preserve: RawFd,
 }
@@ -105,7 +110,8 @@ const ERROR: RawFd = 3;
 const TTY: RawFd = 4;
 const EXEC: RawFd = 5;
 const NOTIFY: RawFd = 6;
-const SLOTS: RawFd = 7;
+const MOUNTS: RawFd = 7;
+const SLOTS: RawFd = 8;
 
 /// 3 + the number of fds passed through to the app; set once, first thing in the child.
 static FD_BASE: AtomicI32 = AtomicI32::new(3);
@@ -178,15 +184,17 @@ fn setup_and_run(mut cfg: ChildConfig) -> Result<Never, Failure> {
     unsafe { libc::close(fd(NOTIFY)) };
     rootfs::mount_rootfs(&cfg.overlay, &rootfs_dir)?;
     let root = nix::fcntl::open(&rootfs_dir, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
-    for m in &cfg.plan {
-        rootfs::apply(root.as_fd(), m)?;
-        if m.target == "/dev" {
-            rootfs::populate_dev(root.as_fd())?;
-        }
+    // What the outer process made meanwhile (it is done by now, as a rule).
+    let mut prebuilt = rootfs::Prebuilt::receive(unsafe_borrow(fd(MOUNTS)), cfg.plan.len());
+    // SAFETY: closing our own slot.
+    unsafe { libc::close(fd(MOUNTS)) };
+    for (i, m) in cfg.plan.iter().enumerate() {
+        rootfs::apply(root.as_fd(), m, prebuilt.take(i))?;
     }
     if !cfg.privileged {
-        rootfs::protect_paths(root.as_fd())?;
+        rootfs::protect_paths(root.as_fd(), prebuilt.take_mask())?;
     }
+    drop(prebuilt);
     if cfg.read_only {
         rootfs::make_read_only(root.as_fd())?;
     }
@@ -283,7 +291,7 @@ fn run_app(p: &Process, u: &user::ExecUser, cfg: &AppOptions, gate: Option<Borro
     }
 }
 
-/// Moves the pipes to fds 3-6 and closes every other fd above 2: nothing the outer
+/// Moves the pipes to their fixed fds and closes every other fd above 2: nothing the outer
 /// process had open (lock files, the store) stays reachable from the container.
 fn place_pipes(p: ChildPipes) -> Result<(), Failure> {
     FD_BASE.store(3 + p.preserve, Ordering::Relaxed);
@@ -296,6 +304,7 @@ fn place_pipes(p: ChildPipes) -> Result<(), Failure> {
         (p.tty, TTY),
         (p.exec, EXEC),
         (p.notify, NOTIFY),
+        (p.mounts, MOUNTS),
     ];
     let mut high = Vec::new();
     for (f, slot) in slots {

@@ -129,6 +129,7 @@ pub fn exec(state_dir: &Path, r: ExecRequest) -> Result<Outcome, RunError> {
                 .map_err(|e| setup("dup socket", e))?,
             exec: None,
             notify: None,
+            mounts: None,
             preserve: 0,
         }),
     };

@@ -21,7 +21,7 @@ use nix::unistd::pipe2;
 use super::container::{self, AppOptions, ChildConfig, ChildPipes, EXIT_SETUP};
 use super::mounts::{self, PlanOptions};
 use super::notify;
-use super::rootfs::Overlay;
+use super::rootfs::{Overlay, Prebuilt};
 use super::spec::Process;
 use super::state::{self, State};
 use crate::store::images::ImageRecord;
@@ -251,6 +251,9 @@ fn launch(
         }
         _ => None,
     };
+    // The filesystems this process makes for the container while init sets up
+    // (rootfs::Prebuilt).
+    let (mounts_tx, mounts_rx) = super::tty::socketpair().map_err(|e| RunError::setup("socketpair", e))?;
     let console =
         if l.tty { Some(super::tty::socketpair().map_err(|e| RunError::setup("socketpair", e))?) } else { None };
     let _raw = (l.tty && nix::unistd::isatty(std::io::stdin()).unwrap_or(false)).then(super::tty::RawMode::enter);
@@ -299,6 +302,7 @@ fn launch(
                 .map(|r| r.socket().try_clone_to_owned())
                 .transpose()
                 .map_err(|e| RunError::setup("dup socket", e))?,
+            mounts: Some(mounts_rx),
             preserve: l.preserve_fds,
         }),
     };
@@ -309,6 +313,9 @@ fn launch(
         Forked::Child => container::main(cfg),
         Forked::Parent { pid, pidfd } => (pid, pidfd),
     };
+    // Failing to send is no error here: init then makes everything itself.
+    let _ = Prebuilt::send(mounts_tx.as_fd(), &cfg.plan, l.network_none, plan.privileged);
+    drop(mounts_tx);
     drop(cfg);
     let _alive = alive_w;
     let console = console.map(|(ours, theirs)| {

@@ -291,10 +291,12 @@ fn ms_to_attrs(f: MsFlags) -> u64 {
     a
 }
 
-/// Applies one planned mount. The kernel's filesystems (/proc, /dev, /sys, …) must land
-/// on real directories: a symlink there is refused, as runc does, rather than followed
-/// (a `/proc -> /` image would otherwise get proc mounted over its root).
-pub fn apply(root: BorrowedFd<'_>, m: &Mount) -> Result<(), RootfsError> {
+/// Applies one planned mount: its target resolved inside the rootfs, then the
+/// filesystem or bind from `prebuilt` (made by the outer process, see [`Prebuilt`]) or
+/// made here. The kernel's filesystems (/proc, /dev, /sys, …) must land on real
+/// directories: a symlink there is refused, as runc does, rather than followed (a
+/// `/proc -> /` image would otherwise get proc mounted over its root).
+pub fn apply(root: BorrowedFd<'_>, m: &Mount, prebuilt: Option<OwnedFd>) -> Result<(), RootfsError> {
     let tfd = if matches!(m.source, Source::Fs(_)) {
         let rel = m.target.trim_start_matches('/');
         let how = OpenHow::new().flags(OFlag::O_PATH | OFlag::O_CLOEXEC).resolve(
@@ -319,7 +321,17 @@ pub fn apply(root: BorrowedFd<'_>, m: &Mount) -> Result<(), RootfsError> {
             "the target resolves to the container's root (refused)",
         )));
     }
-    let mnt = match &m.source {
+    let mnt = match prebuilt {
+        Some(mnt) => mnt,
+        None => source(m)?,
+    };
+    sys::move_mount_to_fd(mnt.as_fd(), tfd.as_fd()).map_err(err("mount on", &m.target))
+}
+
+/// The detached mount a planned mount attaches: a new filesystem (a /dev tmpfs with its
+/// nodes and links made) or a clone of the bind source.
+fn source(m: &Mount) -> Result<OwnedFd, RootfsError> {
+    match &m.source {
         Source::Fs(fstype) => {
             let fc = FsContext::open(&CString::new(*fstype).unwrap_or_default()).map_err(err("fsopen", &m.target))?;
             for opt in m.data.split(',').filter(|o| !o.is_empty()) {
@@ -329,7 +341,11 @@ pub fn apply(root: BorrowedFd<'_>, m: &Mount) -> Result<(), RootfsError> {
                 };
                 r.map_err(err("mount option", format!("{} ({opt})", m.target)))?;
             }
-            fc.mount(ms_to_attrs(m.flags)).map_err(err("mount", format!("{fstype} on {}", m.target)))?
+            let mnt = fc.mount(ms_to_attrs(m.flags)).map_err(err("mount", format!("{fstype} on {}", m.target)))?;
+            if m.target == "/dev" {
+                populate_dev(mnt.as_fd())?;
+            }
+            Ok(mnt)
         }
         Source::Bind(src) => {
             let t = sys::clone_tree(&cpath(src).map_err(err("bind", src))?, m.flags.contains(MsFlags::MS_REC))
@@ -338,30 +354,125 @@ pub fn apply(root: BorrowedFd<'_>, m: &Mount) -> Result<(), RootfsError> {
             if attrs != 0 {
                 sys::mount_setattr(t.as_fd(), attrs, true).map_err(err("set flags of", &m.target))?;
             }
-            t
+            Ok(t)
         }
-    };
-    sys::move_mount_to_fd(mnt.as_fd(), tfd.as_fd()).map_err(err("mount on", &m.target))
+    }
+}
+
+/// Filesystems of the plan made by the outer `coracle run` while init sets up its
+/// namespace (the two run at once, on two CPUs), and passed to init over a socket
+/// (SCM_RIGHTS). Only filesystems that are the same whoever makes them qualify: tmpfs,
+/// devpts (a new instance) and, on the host's network, sysfs. /proc belongs to the PID
+/// namespace and mqueue to the IPC namespace of whoever mounts them, so init makes
+/// those. They are detached mounts: in no mount table, gone with the last fd; each is
+/// attached by [`apply`] after its target is resolved inside the rootfs, as one made by
+/// init would be. Init makes any the outer failed to make, and reports its error.
+#[derive(Default)]
+pub struct Prebuilt {
+    /// By index in the plan.
+    mounts: Vec<Option<OwnedFd>>,
+    /// The read-only empty tmpfs that masks directories ([`protect_paths`]).
+    mask: Option<OwnedFd>,
+}
+
+/// The tag of the mask tmpfs in the message; plan indexes are below it.
+const MASK_TAG: u8 = u8::MAX;
+/// At most this many filesystems per launch (one message).
+const MAX_PREBUILT: usize = 32;
+
+impl Prebuilt {
+    /// Outer side: makes what qualifies in `plan` (and the mask tmpfs unless
+    /// `privileged`) and sends it on `sock`. Best effort: what fails is left to init.
+    pub fn send(sock: BorrowedFd<'_>, plan: &[Mount], network_none: bool, privileged: bool) -> io::Result<()> {
+        let mut tags = Vec::new();
+        let mut fds = Vec::new();
+        for (i, m) in plan.iter().enumerate() {
+            let qualifies = match m.source {
+                Source::Fs(fs) => fs == "tmpfs" || fs == "devpts" || (fs == "sysfs" && !network_none),
+                Source::Bind(_) => false,
+            };
+            if qualifies && i < usize::from(MASK_TAG) && fds.len() < MAX_PREBUILT {
+                if let Ok(mnt) = source(m) {
+                    tags.push(i as u8);
+                    fds.push(mnt);
+                }
+            }
+        }
+        if !privileged && fds.len() < MAX_PREBUILT {
+            if let Ok(mnt) = mask_fs() {
+                tags.push(MASK_TAG);
+                fds.push(mnt);
+            }
+        }
+        let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&raw)];
+        nix::sys::socket::sendmsg::<()>(
+            sock.as_raw_fd(),
+            &[io::IoSlice::new(&tags)],
+            if raw.is_empty() { &[] } else { &cmsg },
+            // An init that died already: an error, not a SIGPIPE to forward.
+            nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+            None,
+        )?;
+        Ok(())
+    }
+
+    /// Init side: what the outer sent on `sock` for a plan of `len` mounts. Nothing
+    /// (init then makes everything) if it sent nothing usable.
+    pub fn receive(sock: BorrowedFd<'_>, len: usize) -> Prebuilt {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+        let mut got = Prebuilt { mounts: std::iter::repeat_with(|| None).take(len).collect(), mask: None };
+        let mut tags = [0u8; MAX_PREBUILT];
+        let mut iov = [io::IoSliceMut::new(&mut tags)];
+        let mut space = nix::cmsg_space!([std::os::fd::RawFd; MAX_PREBUILT]);
+        let Ok(msg) = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) else {
+            return got;
+        };
+        let n = msg.bytes;
+        let mut fds = Vec::new();
+        if let Ok(cmsgs) = msg.cmsgs() {
+            for c in cmsgs {
+                if let ControlMessageOwned::ScmRights(raw) = c {
+                    // SAFETY: SCM_RIGHTS installed these descriptors in our table for us.
+                    fds.extend(
+                        raw.into_iter().map(|fd| unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }),
+                    );
+                }
+            }
+        }
+        for (&tag, fd) in tags[..n].iter().zip(fds) {
+            match got.mounts.get_mut(usize::from(tag)) {
+                Some(slot) => *slot = Some(fd),
+                None if tag == MASK_TAG => got.mask = Some(fd),
+                None => {}
+            }
+        }
+        got
+    }
+
+    /// The filesystem made for the plan's mount number `i`, if any.
+    pub fn take(&mut self, i: usize) -> Option<OwnedFd> {
+        self.mounts.get_mut(i).and_then(Option::take)
+    }
+
+    /// The mask tmpfs, if made.
+    pub fn take_mask(&mut self) -> Option<OwnedFd> {
+        self.mask.take()
+    }
 }
 
 fn cstring(s: &str) -> CString {
     CString::new(s).unwrap_or_default()
 }
 
-/// Device nodes and symlinks in the container's fresh /dev.
-pub fn populate_dev(root: BorrowedFd<'_>) -> Result<(), RootfsError> {
-    let dev = open_in_root(root, "/dev", OFlag::O_PATH | OFlag::O_DIRECTORY).map_err(nerr("open", "/dev"))?;
+/// Device nodes and symlinks in the container's fresh /dev, given the root of its tmpfs.
+fn populate_dev(dev: BorrowedFd<'_>) -> Result<(), RootfsError> {
     // mknod applies the umask, and the modes must be exact: no umask while the nodes are
     // made (init runs with none during setup anyway).
     let old = nix::sys::stat::umask(Mode::empty());
     for d in DEVICES {
-        let made = mknodat(
-            dev.as_fd(),
-            d.name,
-            SFlag::S_IFCHR,
-            Mode::from_bits_truncate(d.mode),
-            libc::makedev(d.major, d.minor),
-        );
+        let made =
+            mknodat(dev, d.name, SFlag::S_IFCHR, Mode::from_bits_truncate(d.mode), libc::makedev(d.major, d.minor));
         if let Err(e) = made {
             nix::sys::stat::umask(old);
             return Err(nerr("mknod", format!("/dev/{}", d.name))(e));
@@ -369,16 +480,24 @@ pub fn populate_dev(root: BorrowedFd<'_>) -> Result<(), RootfsError> {
     }
     nix::sys::stat::umask(old);
     for (name, to) in DEV_LINKS {
-        symlinkat(*to, dev.as_fd(), *name).map_err(nerr("symlink", format!("/dev/{name}")))?;
+        symlinkat(*to, dev, *name).map_err(nerr("symlink", format!("/dev/{name}")))?;
     }
     Ok(())
 }
 
+/// The empty read-only tmpfs bound over masked directories.
+fn mask_fs() -> io::Result<OwnedFd> {
+    let fc = FsContext::open(c"tmpfs")?;
+    fc.set_string(c"size", c"0")?;
+    fc.mount(LOCKED)
+}
+
+/// Masks and read-only paths: read-only, nothing executable, no devices, no setuid.
+const LOCKED: u64 = sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV | sys::MOUNT_ATTR_NOEXEC;
+
 /// Masks and read-only paths (after /proc and /sys are mounted). Paths missing on this
-/// kernel are skipped.
-pub fn protect_paths(root: BorrowedFd<'_>) -> Result<(), RootfsError> {
-    const LOCKED: u64 =
-        sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV | sys::MOUNT_ATTR_NOEXEC;
+/// kernel are skipped. `mask` is the outer's [`Prebuilt`] mask tmpfs, if it made one.
+pub fn protect_paths(root: BorrowedFd<'_>, mut mask: Option<OwnedFd>) -> Result<(), RootfsError> {
     // Masked directories all get a bind of one empty read-only tmpfs, masked files one
     // of /dev/null: one superblock for all of them, each mount a cheap clone.
     let mut empty_dir: Option<OwnedFd> = None;
@@ -399,9 +518,10 @@ pub fn protect_paths(root: BorrowedFd<'_>) -> Result<(), RootfsError> {
             }
             None => {
                 let mnt = if is_dir {
-                    let fc = FsContext::open(c"tmpfs").map_err(err("fsopen", p))?;
-                    fc.set_string(c"size", c"0").map_err(err("mount option", p))?;
-                    fc.mount(LOCKED).map_err(err("mask", p))?
+                    match mask.take() {
+                        Some(m) => m,
+                        None => mask_fs().map_err(err("mask", p))?,
+                    }
                 } else {
                     sys::clone_tree(c"/dev/null", false).map_err(err("mask", p))?
                 };
@@ -454,4 +574,63 @@ pub fn read_small(path: &str, max: usize) -> io::Result<Option<String>> {
     use std::io::Read;
     std::fs::File::from(fd).take(max as u64).read_to_end(&mut data)?;
     Ok(Some(String::from_utf8_lossy(&data).into_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::mounts::{plan, PlanOptions};
+
+    fn received(network_none: bool, privileged: bool) -> (Vec<Mount>, Prebuilt) {
+        let euid = std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:").map(|v| v.split_whitespace().nth(1).unwrap_or("").to_owned()))
+            .unwrap();
+        assert_eq!(euid, "0", "this test makes filesystems and needs root: run `scripts/test` as root");
+        let p = plan(&PlanOptions {
+            privileged,
+            tmpfs: vec!["/scratch".into()],
+            etc_files: vec![("/etc/hostname".into(), "/etc/hostname")],
+            ..Default::default()
+        });
+        let (tx, rx) = crate::run::tty::socketpair().unwrap();
+        Prebuilt::send(tx.as_fd(), &p, network_none, privileged).unwrap();
+        let got = Prebuilt::receive(rx.as_fd(), p.len());
+        (p, got)
+    }
+
+    #[test]
+    fn the_outer_makes_the_namespace_free_filesystems_and_init_gets_them_in_plan_order() {
+        let (p, mut got) = received(false, false);
+        let made: Vec<&str> = (0..p.len()).filter_map(|i| got.take(i).map(|_| p[i].target.as_str())).collect();
+        // Not /proc (PID namespace), /dev/mqueue (IPC namespace) or binds.
+        assert_eq!(made, ["/dev", "/dev/pts", "/dev/shm", "/sys", "/scratch"]);
+        assert!(got.take(0).is_none(), "taken once");
+        assert!(got.take_mask().is_some());
+
+        // /dev arrives with its nodes and links.
+        let (p, mut got) = received(false, false);
+        let dev = got.take(p.iter().position(|m| m.target == "/dev").unwrap()).unwrap();
+        let null = nix::sys::stat::fstatat(dev.as_fd(), "null", nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).unwrap();
+        assert_eq!((null.st_mode & 0o177777, null.st_rdev), (0o020666, libc::makedev(1, 3)));
+        let link = nix::fcntl::readlinkat(dev.as_fd(), "ptmx").unwrap();
+        assert_eq!(link, std::ffi::OsString::from("pts/ptmx"));
+    }
+
+    #[test]
+    fn a_new_network_namespace_gets_its_own_sysfs_and_privileged_no_masks() {
+        let (p, mut got) = received(true, true);
+        let made: Vec<&str> = (0..p.len()).filter_map(|i| got.take(i).map(|_| p[i].target.as_str())).collect();
+        assert_eq!(made, ["/dev", "/dev/pts", "/dev/shm", "/scratch"]);
+        assert!(got.take_mask().is_none());
+    }
+
+    #[test]
+    fn nothing_sent_means_init_makes_everything() {
+        let (tx, rx) = crate::run::tty::socketpair().unwrap();
+        drop(tx);
+        let mut got = Prebuilt::receive(rx.as_fd(), 3);
+        assert!((0..3).all(|i| got.take(i).is_none()) && got.take_mask().is_none());
+    }
 }
