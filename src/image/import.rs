@@ -100,38 +100,41 @@ pub fn select_platform<'a>(name: &str, entries: &'a [Descriptor], want: &Platfor
 /// inflate/hash and extract halves of the pipelines.
 const PARALLEL_LAYERS: usize = 3;
 
-/// Extracts every `(descriptor, diff-id)` into tmp/, a few at a time; the first error
-/// stops the others from starting and is returned.
+/// Extracts every `(descriptor, diff-id)` into tmp/, a few at a time, with the store's
+/// writeback running meanwhile; the first error stops the others from starting and is
+/// returned.
 fn extract_all(store: &Store, src: &dyn BlobSource, jobs: &[(&Descriptor, &Digest)]) -> Result<Vec<PendingLayer>> {
     let next = std::sync::atomic::AtomicUsize::new(0);
     let failed = std::sync::atomic::AtomicBool::new(false);
-    let results: Vec<Result<Vec<PendingLayer>>> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..PARALLEL_LAYERS.min(jobs.len()))
-            .map(|_| {
-                s.spawn(|| {
-                    let mut done = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        if i >= jobs.len() || failed.load(std::sync::atomic::Ordering::SeqCst) {
-                            return Ok(done);
-                        }
-                        let (l, diff_id) = jobs[i];
-                        let blob = LayerBlob { digest: Some(l.digest.clone()), size: Some(l.size) };
-                        match store.extract_layer(&blob, Some(diff_id), || src.open(&l.digest)) {
-                            Ok(p) => done.push(p),
-                            Err(e) => {
-                                failed.store(true, std::sync::atomic::Ordering::SeqCst);
-                                return Err(e.into());
+    let results: Vec<Result<Vec<PendingLayer>>> = store.with_writeback(|| {
+        std::thread::scope(|s| {
+            let workers: Vec<_> = (0..PARALLEL_LAYERS.min(jobs.len()))
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut done = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            if i >= jobs.len() || failed.load(std::sync::atomic::Ordering::SeqCst) {
+                                return Ok(done);
+                            }
+                            let (l, diff_id) = jobs[i];
+                            let blob = LayerBlob { digest: Some(l.digest.clone()), size: Some(l.size) };
+                            match store.extract_layer(&blob, Some(diff_id), || src.open(&l.digest)) {
+                                Ok(p) => done.push(p),
+                                Err(e) => {
+                                    failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                                    return Err(e.into());
+                                }
                             }
                         }
-                    }
+                    })
                 })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().unwrap_or_else(|_| Err(source_err(src.name(), "extraction thread panicked"))))
-            .collect()
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().unwrap_or_else(|_| Err(source_err(src.name(), "extraction thread panicked"))))
+                .collect()
+        })
     });
     let mut out = Vec::new();
     for r in results {

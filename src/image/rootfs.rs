@@ -33,7 +33,7 @@ impl BlobSource for Generated {
 }
 
 pub fn import<R: Read + Send>(store: &Store, input: R, name: Option<&Reference>) -> Result<Imported> {
-    let pending = store.extract_layer(&LayerBlob::default(), None, || Ok(input))?;
+    let pending = store.with_writeback(|| store.extract_layer(&LayerBlob::default(), None, || Ok(input)))?;
     let marker = pending.marker.clone();
     let layer_type = match marker.compression.as_str() {
         "gzip" => OCI_LAYER_GZIP.to_owned(),
