@@ -24,7 +24,7 @@ BIN ?= $(RELEASE_BIN)
 INSTALL ?= install
 
 # Rebuild the release binary when a source is newer than it (cargo decides the rest).
-SOURCES := $(shell find src -name '*.rs') build.rs Cargo.toml Cargo.lock
+SOURCES := $(shell find src -name '*.rs') build.rs Cargo.toml Cargo.lock scripts/symbol-order.txt
 
 .PHONY: all build install uninstall test
 
