@@ -104,10 +104,13 @@ const PARALLEL_LAYERS: usize = 3;
 /// writeback running meanwhile; the first error stops the others from starting and is
 /// returned.
 fn extract_all(store: &Store, src: &dyn BlobSource, jobs: &[(&Descriptor, &Digest)]) -> Result<Vec<PendingLayer>> {
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
     let next = std::sync::atomic::AtomicUsize::new(0);
     let failed = std::sync::atomic::AtomicBool::new(false);
-    let results: Vec<Result<Vec<PendingLayer>>> = store.with_writeback(|| {
-        std::thread::scope(|s| {
+    store.with_writeback(|| {
+        let results: Vec<Result<Vec<PendingLayer>>> = std::thread::scope(|s| {
             let workers: Vec<_> = (0..PARALLEL_LAYERS.min(jobs.len()))
                 .map(|_| {
                     s.spawn(|| {
@@ -134,13 +137,13 @@ fn extract_all(store: &Store, src: &dyn BlobSource, jobs: &[(&Descriptor, &Diges
                 .into_iter()
                 .map(|w| w.join().unwrap_or_else(|_| Err(source_err(src.name(), "extraction thread panicked"))))
                 .collect()
-        })
-    });
-    let mut out = Vec::new();
-    for r in results {
-        out.extend(r?);
-    }
-    Ok(out)
+        });
+        let mut out = Vec::new();
+        for r in results {
+            out.extend(r?);
+        }
+        Ok(out)
+    })
 }
 
 /// Commits the image `r` from `src` into the store and names it. Nothing becomes visible

@@ -152,27 +152,45 @@ impl Store {
     /// the disk works while the CPUs decompress and extract. The kernel would otherwise
     /// start writing back only after 30 s or gigabytes of dirty pages, and the final
     /// sync would then write a whole image while nothing else happens (a third of a
-    /// pull's time here, docs/benchmarks.md). Errors are left to that final sync.
-    pub fn with_writeback<T>(&self, work: impl FnOnce() -> T) -> T {
+    /// pull's time here, docs/benchmarks.md).
+    ///
+    /// The kernel reports a writeback error once per open file, so an error the thread's
+    /// syncfs saw would never reach the final sync: it is returned here instead, when
+    /// `work` itself succeeded.
+    pub fn with_writeback<T, E: From<StoreError>>(&self, work: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+        use std::sync::atomic::{AtomicBool, Ordering};
         // Between two syncfs that found little to write: no spinning on a clean fs.
         const PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
-        let done = std::sync::atomic::AtomicBool::new(false);
-        std::thread::scope(|s| {
-            let syncer = s.spawn(|| {
-                let Ok(root) = File::open(self.root()) else { return };
-                while !done.load(std::sync::atomic::Ordering::Acquire) {
+        // Stops the thread however `work` ends (a panic too: the scope waits for it).
+        struct Stop<'a>(&'a AtomicBool, std::thread::Thread);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Release);
+                self.1.unpark();
+            }
+        }
+        let done = AtomicBool::new(false);
+        let (result, written) = std::thread::scope(|s| {
+            let syncer = s.spawn(|| -> std::io::Result<()> {
+                let root = File::open(self.root())?;
+                while !done.load(Ordering::Acquire) {
                     let started = std::time::Instant::now();
-                    let _ = nix::unistd::syncfs(&root);
+                    nix::unistd::syncfs(&root)?;
                     if let Some(rest) = PAUSE.checked_sub(started.elapsed()) {
                         std::thread::park_timeout(rest);
                     }
                 }
+                Ok(())
             });
-            let result = work();
-            done.store(true, std::sync::atomic::Ordering::Release);
-            syncer.thread().unpark();
-            result
-        })
+            let result = {
+                let _stop = Stop(&done, syncer.thread().clone());
+                work()
+            };
+            (result, syncer.join().unwrap_or(Ok(())))
+        });
+        let value = result?;
+        written.map_err(StoreError::io("syncfs (writeback during the import)", self.root()))?;
+        Ok(value)
     }
 
     /// Extracts a layer blob into tmp/: verified (blob digest and size when known, diff-id
@@ -263,5 +281,39 @@ impl Store {
         nix::sys::statvfs::statvfs(self.root())
             .map(|st| (st.blocks() * st.fragment_size() / 20).min(1 << 30))
             .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `f` on its own thread; fails if it has not returned within 60 s (a hung writeback
+    /// thread would otherwise hang the suite).
+    fn within_a_minute<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(60)).expect("with_writeback did not return")
+    }
+
+    #[test]
+    fn writeback_returns_what_the_work_returns_and_stops_when_it_panics() {
+        within_a_minute(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(&dir.path().join("store")).unwrap();
+            assert_eq!(store.with_writeback(|| Ok::<_, StoreError>(7)).unwrap(), 7);
+            let failed = store.with_writeback(|| -> Result<(), StoreError> {
+                Err(StoreError::io("extract", "x")(std::io::Error::other("boom")))
+            });
+            assert!(failed.unwrap_err().to_string().contains("boom"));
+            // A panic in the work still stops the writeback thread, so the panic
+            // propagates instead of the scope waiting forever.
+            let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                store.with_writeback(|| -> Result<(), StoreError> { panic!("work panicked") })
+            }));
+            assert!(panicked.is_err());
+        });
     }
 }
