@@ -192,17 +192,22 @@ fn hostname_default_and_flag() {
 }
 
 /// /dev: the character devices with their numbers and exact modes (whatever the umask
-/// coracle was started with), and the links docker and podman make.
+/// coracle was started with), and the links docker and podman make; the container's `/`
+/// and /etc files keep their modes under that umask too.
 #[test]
 fn dev_has_the_standard_nodes_and_links() {
     let fx = Fx::new();
     let nodes = [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)];
     let links =
         [("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1")];
+    // And what the scratch holds: the upper layer's root (the container's `/`) and the
+    // /etc files bound from it.
+    let scratch = [("/", "0755"), ("/etc/hostname", "0644"), ("/etc/hosts", "0644"), ("/etc/resolv.conf", "0644")];
     let script: Vec<String> = nodes
         .iter()
         .map(|(n, _, _)| format!("/bin/probe stat /dev/{n}"))
         .chain(links.iter().map(|(n, _)| format!("/bin/probe stat /dev/{n}")))
+        .chain(scratch.iter().map(|(p, _)| format!("/bin/probe stat {p}")))
         .collect();
     let script = script.join("; ");
     let mut cmd = fx.cmd(&["fix", "/bin/sh", "-c", &script]);
@@ -227,6 +232,9 @@ fn dev_has_the_standard_nodes_and_links() {
     }
     for ((name, target), st) in links.iter().zip(&stats[nodes.len()..]) {
         assert_eq!((st["type"].as_str(), st["link"].as_str()), (Some("l"), Some(*target)), "/dev/{name}: {st}");
+    }
+    for ((path, mode), st) in scratch.iter().zip(&stats[nodes.len() + links.len()..]) {
+        assert_eq!(st["mode"].as_str(), Some(*mode), "{path}: {st}");
     }
 }
 

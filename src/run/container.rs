@@ -179,7 +179,15 @@ fn setup_and_run(mut cfg: ChildConfig) -> Result<Never, Failure> {
     umask(Mode::empty());
     rootfs::make_private()?;
     let notify = cfg.scratch.notify.then(|| unsafe_borrow(fd(NOTIFY)));
-    let rootfs_dir = rootfs::prepare_scratch(&cfg.scratch.dir, cfg.scratch.tmpfs.as_ref(), &cfg.scratch.files, notify)?;
+    // A tmpfs scratch is the outer process's first message (rootfs::Prebuilt).
+    let scratch = cfg.scratch.tmpfs.is_some().then(|| rootfs::Prebuilt::receive_scratch(unsafe_borrow(fd(MOUNTS))));
+    let rootfs_dir = rootfs::prepare_scratch(
+        &cfg.scratch.dir,
+        cfg.scratch.tmpfs.as_ref(),
+        scratch.flatten(),
+        &cfg.scratch.files,
+        notify,
+    )?;
     // SAFETY: bound (or unused): the outer process keeps its own copy of the socket.
     unsafe { libc::close(fd(NOTIFY)) };
     rootfs::mount_rootfs(&cfg.overlay, &rootfs_dir)?;

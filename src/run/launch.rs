@@ -314,6 +314,9 @@ fn launch(
         Forked::Parent { pid, pidfd } => (pid, pidfd),
     };
     // Failing to send is no error here: init then makes everything itself.
+    if let Some(size) = &cfg.scratch.tmpfs {
+        let _ = Prebuilt::send_scratch(mounts_tx.as_fd(), &cfg.scratch.dir, size.as_deref(), &cfg.scratch.files);
+    }
     let _ = Prebuilt::send(mounts_tx.as_fd(), &cfg.plan, l.network_none, plan.privileged);
     drop(mounts_tx);
     drop(cfg);

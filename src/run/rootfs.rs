@@ -62,40 +62,29 @@ pub fn make_private() -> Result<(), RootfsError> {
         .map_err(nerr("make private", "/"))
 }
 
-/// Makes the container's scratch space in `dir` — first a tmpfs over it, if asked (in
-/// this private mount namespace only) — and returns the overlay's mount point in it.
+/// Makes the container's scratch space in `dir` and returns the overlay's mount point in
+/// it. With `tmpfs` (in this private mount namespace only), the scratch is a tmpfs
+/// attached over `dir`: `prebuilt` if the outer process made it ([`Prebuilt`]), else made
+/// here; without, it is `dir` itself, on the store's filesystem.
 pub fn prepare_scratch(
     dir: &Path,
     tmpfs: Option<&Option<String>>,
+    prebuilt: Option<OwnedFd>,
     files: &[(&str, String)],
     notify: Option<BorrowedFd<'_>>,
 ) -> Result<PathBuf, RootfsError> {
-    if let Some(size) = tmpfs {
-        let fc = FsContext::open(c"tmpfs").map_err(err("fsopen tmpfs for", dir))?;
-        fc.set_string(c"mode", c"700").map_err(err("tmpfs mode for", dir))?;
-        if let Some(size) = size {
-            let size = CString::new(size.as_str())
-                .map_err(|_| err("tmpfs size for", dir)(io::ErrorKind::InvalidInput.into()))?;
-            fc.set_string(c"size", &size).map_err(err("tmpfs size for", dir))?;
+    match tmpfs {
+        Some(size) => {
+            let mnt = match prebuilt {
+                Some(mnt) => mnt,
+                None => scratch_fs(dir, size.as_deref(), files)?,
+            };
+            sys::move_mount_to_fd(mnt.as_fd(), open_dir_path(dir)?.as_fd()).map_err(err("mount tmpfs on", dir))?;
         }
-        let mnt = fc.mount(sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV).map_err(err("mount tmpfs for", dir))?;
-        sys::move_mount_to_fd(mnt.as_fd(), open_dir_path(dir)?.as_fd()).map_err(err("mount tmpfs on", dir))?;
-    }
-    let d = open_dir_path(dir)?;
-    for sub in ["upper", "work", "rootfs"] {
-        mkdirat(d.as_fd(), sub, Mode::from_bits_truncate(0o755)).map_err(nerr("create", dir.join(sub)))?;
-    }
-    for (name, content) in files {
-        let f = openat(
-            d.as_fd(),
-            *name,
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::from_bits_truncate(0o644),
-        )
-        .map_err(nerr("create", dir.join(name)))?;
-        io::Write::write_all(&mut std::fs::File::from(f), content.as_bytes()).map_err(err("write", dir.join(name)))?;
+        None => fill_scratch(open_dir_path(dir)?.as_fd(), dir, files)?,
     }
     if let Some(sock) = notify {
+        let d = open_dir_path(dir)?;
         // Relative to the dir: a socket path must fit in 108 bytes, a store root need not.
         let cwd = std::env::current_dir().map_err(err("getcwd", dir))?;
         fchdir(&d).map_err(nerr("chdir", dir))?;
@@ -105,6 +94,44 @@ pub fn prepare_scratch(
         bound?;
     }
     Ok(dir.join("rootfs"))
+}
+
+/// The scratch tmpfs for `dir` (`mode=700`, `size=` if given, nosuid, nodev), detached,
+/// with its contents made.
+fn scratch_fs(dir: &Path, size: Option<&str>, files: &[(&str, String)]) -> Result<OwnedFd, RootfsError> {
+    let fc = FsContext::open(c"tmpfs").map_err(err("fsopen tmpfs for", dir))?;
+    fc.set_string(c"mode", c"700").map_err(err("tmpfs mode for", dir))?;
+    if let Some(size) = size {
+        let size = CString::new(size).map_err(|_| err("tmpfs size for", dir)(io::ErrorKind::InvalidInput.into()))?;
+        fc.set_string(c"size", &size).map_err(err("tmpfs size for", dir))?;
+    }
+    let mnt = fc.mount(sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV).map_err(err("mount tmpfs for", dir))?;
+    // Exact modes whoever makes it: the outer process runs with its caller's umask (init
+    // with none). The upper's mode is the container's `/`.
+    let old = nix::sys::stat::umask(Mode::empty());
+    let filled = fill_scratch(mnt.as_fd(), dir, files);
+    nix::sys::stat::umask(old);
+    filled?;
+    Ok(mnt)
+}
+
+/// `upper/`, `work/` and `rootfs/` (0755) and the /etc files (0644) in the scratch `d`
+/// (`dir` names it in errors).
+fn fill_scratch(d: BorrowedFd<'_>, dir: &Path, files: &[(&str, String)]) -> Result<(), RootfsError> {
+    for sub in ["upper", "work", "rootfs"] {
+        mkdirat(d, sub, Mode::from_bits_truncate(0o755)).map_err(nerr("create", dir.join(sub)))?;
+    }
+    for (name, content) in files {
+        let f = openat(
+            d,
+            *name,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o644),
+        )
+        .map_err(nerr("create", dir.join(name)))?;
+        io::Write::write_all(&mut std::fs::File::from(f), content.as_bytes()).map_err(err("write", dir.join(name)))?;
+    }
+    Ok(())
 }
 
 /// Mounts the image's rootfs on `target`.
@@ -375,72 +402,99 @@ pub struct Prebuilt {
     mask: Option<OwnedFd>,
 }
 
-/// The tag of the mask tmpfs in the message; plan indexes are below it.
+/// The tags of the mask tmpfs and of the scratch in the messages; plan indexes are below
+/// them.
 const MASK_TAG: u8 = u8::MAX;
-/// At most this many filesystems per launch (one message).
+const SCRATCH_TAG: u8 = u8::MAX - 1;
+/// At most this many filesystems per message.
 const MAX_PREBUILT: usize = 32;
 
+/// One message: a tag byte per descriptor, the descriptors with SCM_RIGHTS (an empty
+/// message when there are none).
+fn send_tagged(sock: BorrowedFd<'_>, made: &[(u8, OwnedFd)]) -> io::Result<()> {
+    let tags: Vec<u8> = made.iter().map(|(t, _)| *t).collect();
+    let raw: Vec<i32> = made.iter().map(|(_, f)| f.as_raw_fd()).collect();
+    let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&raw)];
+    nix::sys::socket::sendmsg::<()>(
+        sock.as_raw_fd(),
+        &[io::IoSlice::new(&tags)],
+        if raw.is_empty() { &[] } else { &cmsg },
+        // An init that died already: an error, not a SIGPIPE to forward.
+        nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+        None,
+    )?;
+    Ok(())
+}
+
+/// The next message's descriptors with their tags; none on EOF or an error.
+fn receive_tagged(sock: BorrowedFd<'_>) -> Vec<(u8, OwnedFd)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut tags = [0u8; MAX_PREBUILT];
+    let mut iov = [io::IoSliceMut::new(&mut tags)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; MAX_PREBUILT]);
+    let Ok(msg) = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) else {
+        return Vec::new();
+    };
+    let n = msg.bytes;
+    let mut fds = Vec::new();
+    if let Ok(cmsgs) = msg.cmsgs() {
+        for c in cmsgs {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                // SAFETY: SCM_RIGHTS installed these descriptors in our table for us.
+                fds.extend(raw.into_iter().map(|fd| unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }));
+            }
+        }
+    }
+    tags[..n].iter().copied().zip(fds).collect()
+}
+
 impl Prebuilt {
-    /// Outer side: makes what qualifies in `plan` (and the mask tmpfs unless
-    /// `privileged`) and sends it on `sock`. Best effort: what fails is left to init.
+    /// Outer side, first message: the scratch tmpfs with its contents ([`prepare_scratch`]),
+    /// which init needs first. Best effort, like [`Prebuilt::send`].
+    pub fn send_scratch(
+        sock: BorrowedFd<'_>,
+        dir: &Path,
+        size: Option<&str>,
+        files: &[(&str, String)],
+    ) -> io::Result<()> {
+        let made: Vec<(u8, OwnedFd)> = scratch_fs(dir, size, files).map(|f| (SCRATCH_TAG, f)).into_iter().collect();
+        send_tagged(sock, &made)
+    }
+
+    /// Init side: the scratch the outer sent, if it made one.
+    pub fn receive_scratch(sock: BorrowedFd<'_>) -> Option<OwnedFd> {
+        receive_tagged(sock).into_iter().find_map(|(tag, fd)| (tag == SCRATCH_TAG).then_some(fd))
+    }
+
+    /// Outer side, second message: makes what qualifies in `plan` (and the mask tmpfs
+    /// unless `privileged`) and sends it on `sock`. Best effort: what fails is left to
+    /// init.
     pub fn send(sock: BorrowedFd<'_>, plan: &[Mount], network_none: bool, privileged: bool) -> io::Result<()> {
-        let mut tags = Vec::new();
-        let mut fds = Vec::new();
+        let mut made = Vec::new();
         for (i, m) in plan.iter().enumerate() {
             let qualifies = match m.source {
                 Source::Fs(fs) => fs == "tmpfs" || fs == "devpts" || (fs == "sysfs" && !network_none),
                 Source::Bind(_) => false,
             };
-            if qualifies && i < usize::from(MASK_TAG) && fds.len() < MAX_PREBUILT {
+            if qualifies && i < usize::from(SCRATCH_TAG) && made.len() < MAX_PREBUILT {
                 if let Ok(mnt) = source(m) {
-                    tags.push(i as u8);
-                    fds.push(mnt);
+                    made.push((i as u8, mnt));
                 }
             }
         }
-        if !privileged && fds.len() < MAX_PREBUILT {
+        if !privileged && made.len() < MAX_PREBUILT {
             if let Ok(mnt) = mask_fs() {
-                tags.push(MASK_TAG);
-                fds.push(mnt);
+                made.push((MASK_TAG, mnt));
             }
         }
-        let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
-        let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&raw)];
-        nix::sys::socket::sendmsg::<()>(
-            sock.as_raw_fd(),
-            &[io::IoSlice::new(&tags)],
-            if raw.is_empty() { &[] } else { &cmsg },
-            // An init that died already: an error, not a SIGPIPE to forward.
-            nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
-            None,
-        )?;
-        Ok(())
+        send_tagged(sock, &made)
     }
 
     /// Init side: what the outer sent on `sock` for a plan of `len` mounts. Nothing
     /// (init then makes everything) if it sent nothing usable.
     pub fn receive(sock: BorrowedFd<'_>, len: usize) -> Prebuilt {
-        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
         let mut got = Prebuilt { mounts: std::iter::repeat_with(|| None).take(len).collect(), mask: None };
-        let mut tags = [0u8; MAX_PREBUILT];
-        let mut iov = [io::IoSliceMut::new(&mut tags)];
-        let mut space = nix::cmsg_space!([std::os::fd::RawFd; MAX_PREBUILT]);
-        let Ok(msg) = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) else {
-            return got;
-        };
-        let n = msg.bytes;
-        let mut fds = Vec::new();
-        if let Ok(cmsgs) = msg.cmsgs() {
-            for c in cmsgs {
-                if let ControlMessageOwned::ScmRights(raw) = c {
-                    // SAFETY: SCM_RIGHTS installed these descriptors in our table for us.
-                    fds.extend(
-                        raw.into_iter().map(|fd| unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) }),
-                    );
-                }
-            }
-        }
-        for (&tag, fd) in tags[..n].iter().zip(fds) {
+        for (tag, fd) in receive_tagged(sock) {
             match got.mounts.get_mut(usize::from(tag)) {
                 Some(slot) => *slot = Some(fd),
                 None if tag == MASK_TAG => got.mask = Some(fd),
@@ -581,13 +635,17 @@ mod tests {
     use super::*;
     use crate::run::mounts::{plan, PlanOptions};
 
-    fn received(network_none: bool, privileged: bool) -> (Vec<Mount>, Prebuilt) {
+    fn require_root() {
         let euid = std::fs::read_to_string("/proc/self/status")
             .unwrap()
             .lines()
             .find_map(|l| l.strip_prefix("Uid:").map(|v| v.split_whitespace().nth(1).unwrap_or("").to_owned()))
             .unwrap();
         assert_eq!(euid, "0", "this test makes filesystems and needs root: run `scripts/test` as root");
+    }
+
+    fn received(network_none: bool, privileged: bool) -> (Vec<Mount>, Prebuilt) {
+        require_root();
         let p = plan(&PlanOptions {
             privileged,
             tmpfs: vec!["/scratch".into()],
@@ -624,6 +682,26 @@ mod tests {
         let made: Vec<&str> = (0..p.len()).filter_map(|i| got.take(i).map(|_| p[i].target.as_str())).collect();
         assert_eq!(made, ["/dev", "/dev/pts", "/dev/shm", "/scratch"]);
         assert!(got.take_mask().is_none());
+    }
+
+    #[test]
+    fn the_scratch_comes_first_with_its_contents_and_exact_modes() {
+        require_root();
+        let (tx, rx) = crate::run::tty::socketpair().unwrap();
+        let files = [("hostname", "box\n".to_owned())];
+        let old = nix::sys::stat::umask(Mode::from_bits_truncate(0o077));
+        let sent = Prebuilt::send_scratch(tx.as_fd(), Path::new("/scratch"), Some("1m"), &files);
+        nix::sys::stat::umask(old);
+        sent.unwrap();
+        Prebuilt::send(tx.as_fd(), &[], false, true).unwrap();
+        let scratch = Prebuilt::receive_scratch(rx.as_fd()).expect("the scratch");
+        for (name, mode) in [("upper", 0o040755), ("work", 0o040755), ("rootfs", 0o040755), ("hostname", 0o100644)] {
+            let st = nix::sys::stat::fstatat(scratch.as_fd(), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).unwrap();
+            assert_eq!(st.st_mode, mode, "{name}");
+        }
+        // The second message is the plan's (empty here).
+        let mut rest = Prebuilt::receive(rx.as_fd(), 0);
+        assert!(rest.take(0).is_none() && rest.take_mask().is_none());
     }
 
     #[test]
