@@ -835,16 +835,7 @@ fn enospc_at_a_random_point_of_an_import_fails_cleanly() {
     for i in 0..8 {
         let (cmd, name) = &sources[i % 2];
         let left = rng.below(need * 9 / 10);
-        let mut f = File::create(&filler).unwrap();
-        let chunk = vec![0xa5u8; 1 << 20];
-        let mut todo = tmpfs.free().saturating_sub(left);
-        while todo > 0 {
-            let n = todo.min(chunk.len() as u64) as usize;
-            f.write_all(&chunk[..n]).unwrap();
-            todo -= n as u64;
-        }
-        f.sync_all().unwrap();
-        drop(f);
+        tmpfs.fill(&filler, left);
         let before = tmpfs.free();
         let ctx = format!("#{i}: `{}` with {before} bytes free", cmd.join(" "));
         let o = env.run(&cmd.iter().map(String::as_str).collect::<Vec<_>>());

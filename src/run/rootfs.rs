@@ -106,12 +106,8 @@ fn scratch_fs(dir: &Path, size: Option<&str>, files: &[(&str, String)]) -> Resul
         fc.set_string(c"size", &size).map_err(err("tmpfs size for", dir))?;
     }
     let mnt = fc.mount(sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV).map_err(err("mount tmpfs for", dir))?;
-    // Exact modes whoever makes it: the outer process runs with its caller's umask (init
-    // with none). The upper's mode is the container's `/`.
-    let old = nix::sys::stat::umask(Mode::empty());
-    let filled = fill_scratch(mnt.as_fd(), dir, files);
-    nix::sys::stat::umask(old);
-    filled?;
+    // Exact modes: the upper's mode is the container's `/`.
+    without_umask(|| fill_scratch(mnt.as_fd(), dir, files))?;
     Ok(mnt)
 }
 
@@ -519,20 +515,25 @@ fn cstring(s: &str) -> CString {
     CString::new(s).unwrap_or_default()
 }
 
+/// Runs `f` with no umask, then puts the old one back: what it makes gets exactly the
+/// modes asked for, whoever runs it (init has none during setup, the outer process has
+/// its caller's). Both run single-threaded here.
+fn without_umask<T>(f: impl FnOnce() -> T) -> T {
+    let old = nix::sys::stat::umask(Mode::empty());
+    let r = f();
+    nix::sys::stat::umask(old);
+    r
+}
+
 /// Device nodes and symlinks in the container's fresh /dev, given the root of its tmpfs.
 fn populate_dev(dev: BorrowedFd<'_>) -> Result<(), RootfsError> {
-    // mknod applies the umask, and the modes must be exact: no umask while the nodes are
-    // made (init runs with none during setup anyway).
-    let old = nix::sys::stat::umask(Mode::empty());
-    for d in DEVICES {
-        let made =
-            mknodat(dev, d.name, SFlag::S_IFCHR, Mode::from_bits_truncate(d.mode), libc::makedev(d.major, d.minor));
-        if let Err(e) = made {
-            nix::sys::stat::umask(old);
-            return Err(nerr("mknod", format!("/dev/{}", d.name))(e));
+    without_umask(|| {
+        for d in DEVICES {
+            mknodat(dev, d.name, SFlag::S_IFCHR, Mode::from_bits_truncate(d.mode), libc::makedev(d.major, d.minor))
+                .map_err(nerr("mknod", format!("/dev/{}", d.name)))?;
         }
-    }
-    nix::sys::stat::umask(old);
+        Ok(())
+    })?;
     for (name, to) in DEV_LINKS {
         symlinkat(*to, dev, *name).map_err(nerr("symlink", format!("/dev/{name}")))?;
     }
@@ -636,12 +637,10 @@ mod tests {
     use crate::run::mounts::{plan, PlanOptions};
 
     fn require_root() {
-        let euid = std::fs::read_to_string("/proc/self/status")
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix("Uid:").map(|v| v.split_whitespace().nth(1).unwrap_or("").to_owned()))
-            .unwrap();
-        assert_eq!(euid, "0", "this test makes filesystems and needs root: run `scripts/test` as root");
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test makes filesystems and needs root: run `scripts/test` as root"
+        );
     }
 
     fn received(network_none: bool, privileged: bool) -> (Vec<Mount>, Prebuilt) {
