@@ -60,9 +60,9 @@ pub fn start_writeback(fd: BorrowedFd<'_>) {
     }
 }
 
-/// Restores the default SIGPIPE disposition. Rust's runtime ignores SIGPIPE, and an ignored
-/// disposition survives execve: a container's app must not inherit it, and `coracle images
-/// | head` should end quietly like any Unix tool.
+/// Restores the default SIGPIPE disposition, which coracle's caller may have left ignored
+/// (an ignored disposition survives execve): a container's app must not inherit it, and
+/// `coracle images | head` should end quietly like any Unix tool.
 pub fn default_sigpipe() {
     // SAFETY: setting a signal to SIG_DFL installs no handler code; nothing else runs yet.
     unsafe {

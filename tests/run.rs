@@ -169,6 +169,30 @@ fn pid_is_2_under_init_and_1_without() {
 }
 
 #[test]
+fn own_pid_mount_uts_and_ipc_namespaces_while_coracle_stays_in_the_hosts() {
+    let fx = Fx::new();
+    let host = |kind: &str| fs::read_link(format!("/proc/self/ns/{kind}")).unwrap();
+    for (kind, own) in [("pid", true), ("mnt", true), ("uts", true), ("ipc", true), ("net", false)] {
+        let p = fx.probe_json(&[], &["stat", &format!("/proc/self/ns/{kind}")]);
+        let inside = PathBuf::from(p["link"].as_str().unwrap());
+        assert_eq!(inside != host(kind), own, "{kind}: {inside:?} inside, {:?} outside", host(kind));
+    }
+    // coracle makes the container's IPC namespace itself, then goes back to its own; the
+    // app and init run on the CPUs coracle may use, though init starts on one of them.
+    let (mut run, pid) = start_named(&fx, "ns", &["/bin/probe", "sleep", "30"]);
+    let ns_of = |pid: i32, kind: &str| fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap();
+    assert_eq!(ns_of(run.pid(), "ipc"), host("ipc"));
+    assert_ne!(ns_of(pid, "ipc"), host("ipc"));
+    let cpus = |status: &str| status.lines().find(|l| l.starts_with("Cpus_allowed_list:")).unwrap().to_owned();
+    let outer = cpus(&fs::read_to_string(format!("/proc/{}/status", run.pid())).unwrap());
+    assert_eq!(cpus(&fs::read_to_string(format!("/proc/{pid}/status")).unwrap()), outer, "the app");
+    let init = fx.env.ok(&["exec", "ns", "/bin/probe", "cat", "/proc/1/status"]);
+    assert_eq!(cpus(&init), outer, "init");
+    run.signal(libc::SIGTERM);
+    let _ = run.finish(Duration::from_secs(10));
+}
+
+#[test]
 fn host_network_by_default_and_only_lo_with_network_none() {
     let fx = Fx::new();
     let host = names(Path::new("/sys/class/net"));

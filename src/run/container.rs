@@ -25,7 +25,7 @@ use nix::sys::stat::{umask, Mode};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{setgroups, setresgid, setresuid, setsid, Gid, Pid, Uid};
 
-use super::mounts::{Mount, Target};
+use super::mounts::{Mount, Source, Target};
 use super::rootfs::{self, Overlay};
 use super::spec::Process;
 use super::user;
@@ -42,17 +42,19 @@ pub struct ChildConfig {
     pub init: bool,
     pub read_only: bool,
     pub network_none: bool,
+    /// The CPUs init may run on, to put back once the outer process has moved it to one
+    /// of them (launch's `Spread`), if it did.
+    pub affinity: Option<nix::sched::CpuSet>,
     /// Taken by the child when it places them at their fixed fds.
     pub pipes: Option<ChildPipes>,
 }
 
 /// The container's scratch space: `upper/`, `work/`, `rootfs/` (the mount point of the
-/// overlay) and the /etc files, all made by the child in `dir`, on a tmpfs of its own
-/// mount namespace when `tmpfs` is set (with its `size=`, if any).
+/// overlay) and the /etc files in `dir`, on a tmpfs attached in the container's mount
+/// namespace when `tmpfs` is set (with its `size=`, if any), else on the store's disk.
 pub struct Scratch {
     pub dir: PathBuf,
     pub tmpfs: Option<Option<String>>,
-    pub files: Vec<(&'static str, String)>,
     /// Bind the sd_notify relay socket (the pipes' `notify`) in `dir` as notify.sock.
     pub notify: bool,
 }
@@ -146,6 +148,17 @@ pub fn main(cfg: ChildConfig) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// Joins the container's IPC namespace, which the outer process made (its third message
+/// on `sock`), or makes one if it did not; nothing if `sock` is None (joined already).
+fn join_ipc(sock: Option<BorrowedFd<'_>>) -> Result<(), Failure> {
+    let Some(sock) = sock else { return Ok(()) };
+    match rootfs::Prebuilt::receive_ipc(sock) {
+        Some(ns) => nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWIPC)?,
+        None => nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWIPC)?,
+    }
+    Ok(())
+}
+
 fn report_error(code: i32, msg: &str) {
     // SAFETY: fd(ERROR) is the error pipe we placed at this number; ManuallyDrop keeps
     // it open for the other processes sharing it.
@@ -179,26 +192,33 @@ fn setup_and_run(mut cfg: ChildConfig) -> Result<Never, Failure> {
     umask(Mode::empty());
     rootfs::make_private()?;
     let notify = cfg.scratch.notify.then(|| unsafe_borrow(fd(NOTIFY)));
-    // A tmpfs scratch is the outer process's first message (rootfs::Prebuilt).
-    let scratch = cfg.scratch.tmpfs.is_some().then(|| rootfs::Prebuilt::receive_scratch(unsafe_borrow(fd(MOUNTS))));
-    let rootfs_dir = rootfs::prepare_scratch(
-        &cfg.scratch.dir,
-        cfg.scratch.tmpfs.as_ref(),
-        scratch.flatten(),
-        &cfg.scratch.files,
-        notify,
-    )?;
+    let mounts = unsafe_borrow(fd(MOUNTS));
+    // The outer process's first message, once it holds the image's layers: the tmpfs
+    // scratch, if it made one (rootfs::Prebuilt).
+    let scratch = rootfs::Prebuilt::receive_scratch(mounts)?;
+    // Moved to one CPU by now, if at all: back to all of them.
+    if let Some(cpus) = &cfg.affinity {
+        nix::sched::sched_setaffinity(Pid::from_raw(0), cpus)?;
+    }
+    let rootfs_dir =
+        rootfs::prepare_scratch(&cfg.scratch.dir, cfg.scratch.tmpfs.as_ref(), scratch, &cfg.hostname, notify)?;
     // SAFETY: bound (or unused): the outer process keeps its own copy of the socket.
     unsafe { libc::close(fd(NOTIFY)) };
     rootfs::mount_rootfs(&cfg.overlay, &rootfs_dir)?;
     let root = nix::fcntl::open(&rootfs_dir, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
     // What the outer process made meanwhile (it is done by now, as a rule).
-    let mut prebuilt = rootfs::Prebuilt::receive(unsafe_borrow(fd(MOUNTS)), cfg.plan.len());
-    // SAFETY: closing our own slot.
-    unsafe { libc::close(fd(MOUNTS)) };
+    let mut prebuilt = rootfs::Prebuilt::receive(mounts, cfg.plan.len());
+    let mut ipc = Some(mounts);
     for (i, m) in cfg.plan.iter().enumerate() {
+        // /dev/mqueue is the mqueue of the IPC namespace its mounter is in.
+        if m.source == Source::Fs("mqueue") {
+            join_ipc(ipc.take())?;
+        }
         rootfs::apply(root.as_fd(), m, prebuilt.take(i))?;
     }
+    join_ipc(ipc.take())?;
+    // SAFETY: closing our own slot.
+    unsafe { libc::close(fd(MOUNTS)) };
     if !cfg.privileged {
         rootfs::protect_paths(root.as_fd(), prebuilt.take_mask())?;
     }

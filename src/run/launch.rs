@@ -21,7 +21,7 @@ use nix::unistd::pipe2;
 use super::container::{self, AppOptions, ChildConfig, ChildPipes, EXIT_SETUP};
 use super::mounts::{self, PlanOptions};
 use super::notify;
-use super::rootfs::{Overlay, Prebuilt};
+use super::rootfs::{self, Overlay, Prebuilt};
 use super::spec::Process;
 use super::state::{self, State};
 use crate::store::images::ImageRecord;
@@ -159,45 +159,15 @@ pub fn run(l: Launch) -> Result<Outcome, RunError> {
         Some(n) => Some(claim_name(&l.state_dir, n, l.replace)?),
         None => None,
     };
-
-    // Under the shared store lock: pin the layers (gc skips layers whose lock a running
-    // container holds) and, with a store scratch, create its dir (locked: gc skips it
-    // while we live).
-    let (layer_locks, scratch_guard, dir) = {
-        let _hold = l.store.lock_shared().map_err(|e| RunError::setup("lock store", e))?;
-        let mut locks = Vec::new();
-        for layer in &l.image.layers {
-            locks.push(
-                Lock::shared(&l.store.layer_lock_path(&layer.diff_id)).map_err(|e| RunError::setup("lock layer", e))?,
-            );
-            if l.store.layer_marker(&layer.diff_id).is_none() {
-                return Err(RunError::setup(
-                    &format!("image {}", l.image_name),
-                    format!(
-                        "layer {} is missing from the store (run `coracle fsck --repair` and pull again)",
-                        layer.diff_id
-                    ),
-                ));
-            }
-        }
-        let containers = l.store.root().join("containers");
-        match l.scratch {
-            // The child mounts its tmpfs over containers/ in its own mount namespace.
-            Scratch::Tmpfs(_) => (locks, None, containers),
-            Scratch::Store => {
-                let dir = containers.join(&id);
-                fs::DirBuilder::new()
-                    .mode(0o700)
-                    .create(&dir)
-                    .map_err(|e| RunError::setup("create container dir", e))?;
-                let lock = Lock::exclusive(&dir.join("lock")).map_err(|e| RunError::setup("lock container dir", e))?;
-                (locks, Some(ScratchDir { store: l.store.clone(), dir: dir.clone(), _lock: lock }), dir)
-            }
-        }
+    let containers = l.store.root().join("containers");
+    let dir = match l.scratch {
+        // Init attaches the scratch tmpfs over containers/ in its own mount namespace.
+        Scratch::Tmpfs(_) => containers,
+        // Made once the container's layers are pinned (pin).
+        Scratch::Store => containers.join(&id),
     };
-    let files = etc_files(&hostname);
     let mut plan = l.plan.clone();
-    plan.etc_files = files.iter().map(|(file, _, target)| (dir.join(file), *target)).collect();
+    plan.etc_files = rootfs::ETC_FILES.iter().map(|(file, target)| (dir.join(file), *target)).collect();
     let relay = matches!(l.notify, Some((notify::Mode::Container, _)));
     if relay {
         plan.notify_socket = Some(dir.join(notify::SCRATCH_NAME));
@@ -207,7 +177,6 @@ pub fn run(l: Launch) -> Result<Outcome, RunError> {
             Scratch::Tmpfs(size) => Some(size.clone()),
             Scratch::Store => None,
         },
-        files: files.into_iter().map(|(file, content, _)| (file, content)).collect(),
         notify: relay,
         dir,
     };
@@ -219,9 +188,129 @@ pub fn run(l: Launch) -> Result<Outcome, RunError> {
         .map_err(|e| RunError::setup("block signals", e))?;
     let result = launch(&l, scratch, plan, hostname, &id, &name, name_lock);
     let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
-    drop(layer_locks);
-    drop(scratch_guard);
     result
+}
+
+/// What keeps the container's image and scratch in place while it runs: the layers'
+/// locks (gc skips layers whose lock a running container holds) and, with a store
+/// scratch, its dir (locked: gc skips it while we live; removed on drop).
+struct Pinned {
+    _layers: Vec<Lock>,
+    _scratch: Option<ScratchDir>,
+}
+
+/// Pins the image's layers and, with a store scratch, makes and fills its dir.
+fn pin(l: &Launch, scratch: &container::Scratch, hostname: &str) -> Result<Pinned, RunError> {
+    // Under the shared store lock: gc (exclusive) cannot run between the check and the
+    // locks, nor see the scratch dir half made.
+    let _hold = l.store.lock_shared().map_err(|e| RunError::setup("lock store", e))?;
+    let mut layers = Vec::new();
+    for layer in &l.image.layers {
+        layers.push(
+            Lock::shared(&l.store.layer_lock_path(&layer.diff_id)).map_err(|e| RunError::setup("lock layer", e))?,
+        );
+        if l.store.layer_marker(&layer.diff_id).is_none() {
+            return Err(RunError::setup(
+                &format!("image {}", l.image_name),
+                format!(
+                    "layer {} is missing from the store (run `coracle fsck --repair` and pull again)",
+                    layer.diff_id
+                ),
+            ));
+        }
+    }
+    let scratch_dir = match scratch.tmpfs {
+        Some(_) => None,
+        None => {
+            let dir = &scratch.dir;
+            fs::DirBuilder::new().mode(0o700).create(dir).map_err(|e| RunError::setup("create container dir", e))?;
+            let lock = Lock::exclusive(&dir.join("lock")).map_err(|e| RunError::setup("lock container dir", e))?;
+            let guard = ScratchDir { store: l.store.clone(), dir: dir.clone(), _lock: lock };
+            let d = nix::fcntl::open(
+                dir,
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map_err(|e| RunError::setup("open container dir", e))?;
+            rootfs::fill_scratch(d.as_fd(), dir, &rootfs::etc_files(hostname))
+                .map_err(|e| RunError::setup("fill container dir", e))?;
+            Some(guard)
+        }
+    };
+    Ok(Pinned { _layers: layers, _scratch: scratch_dir })
+}
+
+/// Init, from the clone until the outer process starts waiting for it: on an error in
+/// between, dropping this kills init (and so the container) and reaps it before what it
+/// holds (the pinned layers, a store scratch) is let go.
+struct Starting<'a> {
+    pidfd: &'a OwnedFd,
+    armed: bool,
+    pinned: Option<Pinned>,
+}
+
+impl Starting<'_> {
+    /// The container runs: what it holds stays held until the caller drops it.
+    fn started(mut self) -> Option<Pinned> {
+        self.armed = false;
+        self.pinned.take()
+    }
+}
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = sys::pidfd_send_signal(self.pidfd.as_fd(), libc::SIGKILL);
+            let _ = waitid(Id::PIDFd(self.pidfd.as_fd()), WaitPidFlag::WEXITED);
+        }
+    }
+}
+
+/// Where init starts. A new process is queued on its parent's CPU and would wait there
+/// until the parent sleeps, so the outer process's share of the setup (rootfs::Prebuilt)
+/// and init's would run one after the other. Init is moved to another CPU this process
+/// may use, and puts `allowed` back itself once it has the first message (sent after the
+/// move), before anything it starts could inherit the one CPU.
+struct Spread {
+    allowed: nix::sched::CpuSet,
+    other: usize,
+}
+
+impl Spread {
+    /// None when this process may use one CPU only.
+    fn plan() -> Option<Spread> {
+        let allowed = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).ok()?;
+        // SAFETY: sched_getcpu(3) only reads.
+        let here = unsafe { libc::sched_getcpu() };
+        let other =
+            (0..nix::sched::CpuSet::count()).find(|&c| c as i32 != here && allowed.is_set(c).unwrap_or(false))?;
+        Some(Spread { allowed, other })
+    }
+
+    /// Moves the (not yet running, as a rule) child `pid` to the other CPU.
+    fn apply(&self, pid: i32) {
+        let mut one = nix::sched::CpuSet::new();
+        if one.set(self.other).is_ok() {
+            let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(pid), &one);
+        }
+    }
+}
+
+/// A new IPC namespace for the container, made by this process while init sets up its
+/// mounts rather than by the clone, which init waits for: making one (its sysctl
+/// tables, its mqueue superblock) costs ~80 µs. Returns an nsfd of it, for init to
+/// join; this process goes back to its own IPC namespace.
+fn new_ipc_namespace() -> io::Result<OwnedFd> {
+    const SELF_IPC: &str = "/proc/thread-self/ns/ipc";
+    let open = || nix::fcntl::open(SELF_IPC, OFlag::O_RDONLY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty());
+    let own = open()?;
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWIPC)?;
+    let new = open();
+    if let Err(e) = nix::sched::setns(own, nix::sched::CloneFlags::CLONE_NEWIPC) {
+        // Harmless (this process uses no System V IPC or message queue), but unexpected.
+        crate::log::debug(&format!("back to coracle's IPC namespace: {e}"));
+    }
+    Ok(new?)
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), RunError> {
@@ -238,8 +327,6 @@ fn launch(
     name: &str,
     name_lock: Option<Lock>,
 ) -> Result<Outcome, RunError> {
-    let sfd = SignalFd::with_flags(&SigSet::all(), SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-        .map_err(|e| RunError::setup("signalfd", e))?;
     let (alive_r, alive_w) = pipe()?;
     let (started_r, started_w) = pipe()?;
     let (status_r, status_w) = pipe()?;
@@ -257,11 +344,14 @@ fn launch(
     let console =
         if l.tty { Some(super::tty::socketpair().map_err(|e| RunError::setup("socketpair", e))?) } else { None };
     let _raw = (l.tty && nix::unistd::isatty(std::io::stdin()).unwrap_or(false)).then(super::tty::RawMode::enter);
-    let mut flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64;
+    // The IPC namespace is made after the clone (new_ipc_namespace).
+    let mut flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS) as u64;
     if l.network_none {
         flags |= libc::CLONE_NEWNET as u64;
     }
+    let spread = Spread::plan();
     let cfg = ChildConfig {
+        affinity: spread.as_ref().map(|s| s.allowed),
         overlay: Overlay {
             lowers: l.image.layers.iter().rev().map(|x| l.store.layer_root(&x.diff_id)).collect(),
             // Always an upper: mount points are created there (scratch); --read-only
@@ -306,20 +396,32 @@ fn launch(
             preserve: l.preserve_fds,
         }),
     };
-    // The state file, locked and not yet visible, before the clone: a failure here must
-    // not leave an init behind that builds a container nobody waits for.
-    let pending = state::prepare(&l.state_dir, id).map_err(|e| RunError::setup("write state", e))?;
     let (init_pid, pidfd) = match sys::clone3_fork(flags).map_err(|e| RunError::setup("clone3", e))? {
         Forked::Child => container::main(cfg),
         Forked::Parent { pid, pidfd } => (pid, pidfd),
     };
-    // Failing to send is no error here: init then makes everything itself.
-    if let Some(size) = &cfg.scratch.tmpfs {
-        let _ = Prebuilt::send_scratch(mounts_tx.as_fd(), &cfg.scratch.dir, size.as_deref(), &cfg.scratch.files);
+    // Init starts on its namespace while this process pins the image, makes what it can
+    // for it and sends it (rootfs::Prebuilt), then the state file. An error from here on
+    // kills init before returning.
+    if let Some(s) = &spread {
+        s.apply(init_pid);
     }
+    let mut starting = Starting { pidfd: &pidfd, armed: true, pinned: None };
+    starting.pinned = Some(pin(l, &cfg.scratch, &cfg.hostname)?);
+    // Failing to make or send them is no error here: init then makes them itself.
+    let scratch = match &cfg.scratch.tmpfs {
+        Some(size) => rootfs::scratch_fs(&cfg.scratch.dir, size.as_deref(), &rootfs::etc_files(&cfg.hostname)).ok(),
+        None => None,
+    };
+    let _ = Prebuilt::send_scratch(mounts_tx.as_fd(), scratch);
     let _ = Prebuilt::send(mounts_tx.as_fd(), &cfg.plan, l.network_none, plan.privileged);
+    let _ = Prebuilt::send_ipc(mounts_tx.as_fd(), new_ipc_namespace().ok());
     drop(mounts_tx);
     drop(cfg);
+    let sfd = SignalFd::with_flags(&SigSet::all(), SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| RunError::setup("signalfd", e))?;
+    // The state file, locked and not yet visible, while init builds the container.
+    let pending = state::prepare(&l.state_dir, id).map_err(|e| RunError::setup("write state", e))?;
     let _alive = alive_w;
     let console = console.map(|(ours, theirs)| {
         drop(theirs);
@@ -380,6 +482,9 @@ fn launch(
     };
 
     drop(name_lock);
+    // Init is waited for from here on, whatever happens; the layers stay pinned until
+    // then.
+    let _pinned = starting.started();
     let mut watch = Watch {
         relay: relay.as_ref(),
         exec: Some(exec_r),
@@ -612,23 +717,4 @@ fn write_file_atomic(path: &Path, content: &str) -> io::Result<()> {
     io::Write::write_all(&mut tmp, format!("{content}\n").as_bytes())?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
-}
-
-/// /etc/hostname, /etc/hosts and /etc/resolv.conf for the container (host network
-/// view): (file name in the scratch dir, content, target in the container).
-fn etc_files(hostname: &str) -> Vec<(&'static str, String, &'static str)> {
-    let mut hosts =
-        fs::read_to_string("/etc/hosts").unwrap_or_else(|_| "127.0.0.1\tlocalhost\n::1\tlocalhost\n".into());
-    if !hosts.split_whitespace().any(|w| w == hostname) {
-        if !hosts.ends_with('\n') && !hosts.is_empty() {
-            hosts.push('\n');
-        }
-        hosts.push_str(&format!("127.0.1.1\t{hostname}\n"));
-    }
-    let resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    vec![
-        ("hostname", format!("{hostname}\n"), "/etc/hostname"),
-        ("hosts", hosts, "/etc/hosts"),
-        ("resolv.conf", resolv, "/etc/resolv.conf"),
-    ]
 }

@@ -65,23 +65,21 @@ pub fn make_private() -> Result<(), RootfsError> {
 /// Makes the container's scratch space in `dir` and returns the overlay's mount point in
 /// it. With `tmpfs` (in this private mount namespace only), the scratch is a tmpfs
 /// attached over `dir`: `prebuilt` if the outer process made it ([`Prebuilt`]), else made
-/// here; without, it is `dir` itself, on the store's filesystem.
+/// here; without, it is `dir` itself, on the store's filesystem, which the outer process
+/// made and filled ([`fill_scratch`]).
 pub fn prepare_scratch(
     dir: &Path,
     tmpfs: Option<&Option<String>>,
     prebuilt: Option<OwnedFd>,
-    files: &[(&str, String)],
+    hostname: &str,
     notify: Option<BorrowedFd<'_>>,
 ) -> Result<PathBuf, RootfsError> {
-    match tmpfs {
-        Some(size) => {
-            let mnt = match prebuilt {
-                Some(mnt) => mnt,
-                None => scratch_fs(dir, size.as_deref(), files)?,
-            };
-            sys::move_mount_to_fd(mnt.as_fd(), open_dir_path(dir)?.as_fd()).map_err(err("mount tmpfs on", dir))?;
-        }
-        None => fill_scratch(open_dir_path(dir)?.as_fd(), dir, files)?,
+    if let Some(size) = tmpfs {
+        let mnt = match prebuilt {
+            Some(mnt) => mnt,
+            None => scratch_fs(dir, size.as_deref(), &etc_files(hostname))?,
+        };
+        sys::move_mount_to_fd(mnt.as_fd(), open_dir_path(dir)?.as_fd()).map_err(err("mount tmpfs on", dir))?;
     }
     if let Some(sock) = notify {
         let d = open_dir_path(dir)?;
@@ -98,7 +96,7 @@ pub fn prepare_scratch(
 
 /// The scratch tmpfs for `dir` (`mode=700`, `size=` if given, nosuid, nodev), detached,
 /// with its contents made.
-fn scratch_fs(dir: &Path, size: Option<&str>, files: &[(&str, String)]) -> Result<OwnedFd, RootfsError> {
+pub fn scratch_fs(dir: &Path, size: Option<&str>, files: &[(&str, String)]) -> Result<OwnedFd, RootfsError> {
     let fc = FsContext::open(c"tmpfs").map_err(err("fsopen tmpfs for", dir))?;
     fc.set_string(c"mode", c"700").map_err(err("tmpfs mode for", dir))?;
     if let Some(size) = size {
@@ -106,28 +104,50 @@ fn scratch_fs(dir: &Path, size: Option<&str>, files: &[(&str, String)]) -> Resul
         fc.set_string(c"size", &size).map_err(err("tmpfs size for", dir))?;
     }
     let mnt = fc.mount(sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV).map_err(err("mount tmpfs for", dir))?;
-    // Exact modes: the upper's mode is the container's `/`.
-    without_umask(|| fill_scratch(mnt.as_fd(), dir, files))?;
+    fill_scratch(mnt.as_fd(), dir, files)?;
     Ok(mnt)
 }
 
+/// The container's /etc files in its scratch dir (name in the dir, target inside).
+pub const ETC_FILES: [(&str, &str); 3] =
+    [("hostname", "/etc/hostname"), ("hosts", "/etc/hosts"), ("resolv.conf", "/etc/resolv.conf")];
+
+/// The contents of [`ETC_FILES`] for the host's network view: the hostname, the host's
+/// /etc/hosts with a line for the hostname if it has none, the host's /etc/resolv.conf.
+pub fn etc_files(hostname: &str) -> Vec<(&'static str, String)> {
+    let mut hosts =
+        std::fs::read_to_string("/etc/hosts").unwrap_or_else(|_| "127.0.0.1\tlocalhost\n::1\tlocalhost\n".into());
+    if !hosts.split_whitespace().any(|w| w == hostname) {
+        if !hosts.ends_with('\n') && !hosts.is_empty() {
+            hosts.push('\n');
+        }
+        hosts.push_str(&format!("127.0.1.1\t{hostname}\n"));
+    }
+    let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    vec![(ETC_FILES[0].0, format!("{hostname}\n")), (ETC_FILES[1].0, hosts), (ETC_FILES[2].0, resolv)]
+}
+
 /// `upper/`, `work/` and `rootfs/` (0755) and the /etc files (0644) in the scratch `d`
-/// (`dir` names it in errors).
-fn fill_scratch(d: BorrowedFd<'_>, dir: &Path, files: &[(&str, String)]) -> Result<(), RootfsError> {
-    for sub in ["upper", "work", "rootfs"] {
-        mkdirat(d, sub, Mode::from_bits_truncate(0o755)).map_err(nerr("create", dir.join(sub)))?;
-    }
-    for (name, content) in files {
-        let f = openat(
-            d,
-            *name,
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::from_bits_truncate(0o644),
-        )
-        .map_err(nerr("create", dir.join(name)))?;
-        io::Write::write_all(&mut std::fs::File::from(f), content.as_bytes()).map_err(err("write", dir.join(name)))?;
-    }
-    Ok(())
+/// (`dir` names it in errors), with exactly these modes whatever the umask: the upper's
+/// mode is the container's `/`.
+pub fn fill_scratch(d: BorrowedFd<'_>, dir: &Path, files: &[(&str, String)]) -> Result<(), RootfsError> {
+    without_umask(|| {
+        for sub in ["upper", "work", "rootfs"] {
+            mkdirat(d, sub, Mode::from_bits_truncate(0o755)).map_err(nerr("create", dir.join(sub)))?;
+        }
+        for (name, content) in files {
+            let f = openat(
+                d,
+                *name,
+                OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o644),
+            )
+            .map_err(nerr("create", dir.join(name)))?;
+            io::Write::write_all(&mut std::fs::File::from(f), content.as_bytes())
+                .map_err(err("write", dir.join(name)))?;
+        }
+        Ok(())
+    })
 }
 
 /// Mounts the image's rootfs on `target`.
@@ -382,14 +402,21 @@ fn source(m: &Mount) -> Result<OwnedFd, RootfsError> {
     }
 }
 
-/// Filesystems of the plan made by the outer `coracle run` while init sets up its
-/// namespace (the two run at once, on two CPUs), and passed to init over a socket
-/// (SCM_RIGHTS). Only filesystems that are the same whoever makes them qualify: tmpfs,
-/// devpts (a new instance) and, on the host's network, sysfs. /proc belongs to the PID
-/// namespace and mqueue to the IPC namespace of whoever mounts them, so init makes
-/// those. They are detached mounts: in no mount table, gone with the last fd; each is
-/// attached by [`apply`] after its target is resolved inside the rootfs, as one made by
-/// init would be. Init makes any the outer failed to make, and reports its error.
+/// What the outer `coracle run` makes for the container while init sets up its
+/// namespaces (the two run at once, on two CPUs), passed to init over a socket
+/// (SCM_RIGHTS) in three messages, which init reads in this order:
+///
+/// 1. once the outer holds the image's layers: the scratch tmpfs with its contents (or,
+///    with a store scratch, nothing: the outer made and filled the dir);
+/// 2. the filesystems of the plan that are the same whoever makes them: tmpfs, devpts (a
+///    new instance) and, on the host's network, sysfs; and the mask tmpfs;
+/// 3. the container's IPC namespace ([`Prebuilt::send_ipc`]).
+///
+/// /proc belongs to the PID namespace of whoever mounts it, so init makes it, and the
+/// mqueue of the IPC namespace it has joined. The filesystems are detached mounts: in no
+/// mount table, gone with the last fd; each is attached by [`apply`] after its target is
+/// resolved inside the rootfs, as one made by init would be. Init makes anything the
+/// outer failed to make, and reports its error.
 #[derive(Default)]
 pub struct Prebuilt {
     /// By index in the plan.
@@ -398,17 +425,19 @@ pub struct Prebuilt {
     mask: Option<OwnedFd>,
 }
 
-/// The tags of the mask tmpfs and of the scratch in the messages; plan indexes are below
-/// them.
+/// The tags of the messages' descriptors that are not the plan's (whose tags are their
+/// indexes, below these), and the tag of a message that carries none.
 const MASK_TAG: u8 = u8::MAX;
 const SCRATCH_TAG: u8 = u8::MAX - 1;
+const IPC_TAG: u8 = u8::MAX - 2;
+const NONE_TAG: u8 = u8::MAX - 3;
 /// At most this many filesystems per message.
 const MAX_PREBUILT: usize = 32;
 
-/// One message: a tag byte per descriptor, the descriptors with SCM_RIGHTS (an empty
-/// message when there are none).
+/// One message: a tag byte per descriptor, the descriptors with SCM_RIGHTS; a message
+/// with none is the one byte NONE_TAG (never empty: zero bytes read as the end).
 fn send_tagged(sock: BorrowedFd<'_>, made: &[(u8, OwnedFd)]) -> io::Result<()> {
-    let tags: Vec<u8> = made.iter().map(|(t, _)| *t).collect();
+    let tags: Vec<u8> = if made.is_empty() { vec![NONE_TAG] } else { made.iter().map(|(t, _)| *t).collect() };
     let raw: Vec<i32> = made.iter().map(|(_, f)| f.as_raw_fd()).collect();
     let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&raw)];
     nix::sys::socket::sendmsg::<()>(
@@ -422,15 +451,14 @@ fn send_tagged(sock: BorrowedFd<'_>, made: &[(u8, OwnedFd)]) -> io::Result<()> {
     Ok(())
 }
 
-/// The next message's descriptors with their tags; none on EOF or an error.
-fn receive_tagged(sock: BorrowedFd<'_>) -> Vec<(u8, OwnedFd)> {
+/// The next message's descriptors with their tags; None at the end of the stream (the
+/// outer process closed it or died) or on an error.
+fn receive_tagged(sock: BorrowedFd<'_>) -> Option<Vec<(u8, OwnedFd)>> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     let mut tags = [0u8; MAX_PREBUILT];
     let mut iov = [io::IoSliceMut::new(&mut tags)];
     let mut space = nix::cmsg_space!([std::os::fd::RawFd; MAX_PREBUILT]);
-    let Ok(msg) = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) else {
-        return Vec::new();
-    };
+    let msg = recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC).ok()?;
     let n = msg.bytes;
     let mut fds = Vec::new();
     if let Ok(cmsgs) = msg.cmsgs() {
@@ -441,25 +469,29 @@ fn receive_tagged(sock: BorrowedFd<'_>) -> Vec<(u8, OwnedFd)> {
             }
         }
     }
-    tags[..n].iter().copied().zip(fds).collect()
+    (n > 0).then(|| tags[..n].iter().copied().zip(fds).collect())
+}
+
+/// The descriptor tagged `tag` in a message, if any.
+fn find_tagged(got: Vec<(u8, OwnedFd)>, tag: u8) -> Option<OwnedFd> {
+    got.into_iter().find_map(|(t, fd)| (t == tag).then_some(fd))
 }
 
 impl Prebuilt {
-    /// Outer side, first message: the scratch tmpfs with its contents ([`prepare_scratch`]),
-    /// which init needs first. Best effort, like [`Prebuilt::send`].
-    pub fn send_scratch(
-        sock: BorrowedFd<'_>,
-        dir: &Path,
-        size: Option<&str>,
-        files: &[(&str, String)],
-    ) -> io::Result<()> {
-        let made: Vec<(u8, OwnedFd)> = scratch_fs(dir, size, files).map(|f| (SCRATCH_TAG, f)).into_iter().collect();
-        send_tagged(sock, &made)
+    /// Outer side, first message, sent once the image's layers are pinned: the scratch
+    /// tmpfs ([`scratch_fs`]) if one was made.
+    pub fn send_scratch(sock: BorrowedFd<'_>, scratch: Option<OwnedFd>) -> io::Result<()> {
+        send_tagged(sock, &scratch.map(|f| (SCRATCH_TAG, f)).into_iter().collect::<Vec<_>>())
     }
 
-    /// Init side: the scratch the outer sent, if it made one.
-    pub fn receive_scratch(sock: BorrowedFd<'_>) -> Option<OwnedFd> {
-        receive_tagged(sock).into_iter().find_map(|(tag, fd)| (tag == SCRATCH_TAG).then_some(fd))
+    /// Init side: waits for the first message, then returns the scratch the outer sent,
+    /// if it made one. An error if the outer process is gone.
+    pub fn receive_scratch(sock: BorrowedFd<'_>) -> Result<Option<OwnedFd>, RootfsError> {
+        match receive_tagged(sock) {
+            Some(got) => Ok(find_tagged(got, SCRATCH_TAG)),
+            // The outer process died: init is about to be killed (PR_SET_PDEATHSIG).
+            None => Err(err("receive the scratch from", "coracle run")(io::ErrorKind::UnexpectedEof.into())),
+        }
     }
 
     /// Outer side, second message: makes what qualifies in `plan` (and the mask tmpfs
@@ -472,7 +504,7 @@ impl Prebuilt {
                 Source::Fs(fs) => fs == "tmpfs" || fs == "devpts" || (fs == "sysfs" && !network_none),
                 Source::Bind(_) => false,
             };
-            if qualifies && i < usize::from(SCRATCH_TAG) && made.len() < MAX_PREBUILT {
+            if qualifies && i < usize::from(NONE_TAG) && made.len() < MAX_PREBUILT {
                 if let Ok(mnt) = source(m) {
                     made.push((i as u8, mnt));
                 }
@@ -490,14 +522,24 @@ impl Prebuilt {
     /// (init then makes everything) if it sent nothing usable.
     pub fn receive(sock: BorrowedFd<'_>, len: usize) -> Prebuilt {
         let mut got = Prebuilt { mounts: std::iter::repeat_with(|| None).take(len).collect(), mask: None };
-        for (tag, fd) in receive_tagged(sock) {
+        for (tag, fd) in receive_tagged(sock).unwrap_or_default() {
             match got.mounts.get_mut(usize::from(tag)) {
-                Some(slot) => *slot = Some(fd),
-                None if tag == MASK_TAG => got.mask = Some(fd),
-                None => {}
+                Some(slot) if tag < NONE_TAG => *slot = Some(fd),
+                _ if tag == MASK_TAG => got.mask = Some(fd),
+                _ => {}
             }
         }
         got
+    }
+
+    /// Outer side, third message: the container's IPC namespace (an nsfd), if made.
+    pub fn send_ipc(sock: BorrowedFd<'_>, ns: Option<OwnedFd>) -> io::Result<()> {
+        send_tagged(sock, &ns.map(|f| (IPC_TAG, f)).into_iter().collect::<Vec<_>>())
+    }
+
+    /// Init side: the IPC namespace the outer sent, if it made one.
+    pub fn receive_ipc(sock: BorrowedFd<'_>) -> Option<OwnedFd> {
+        receive_tagged(sock).and_then(|got| find_tagged(got, IPC_TAG))
     }
 
     /// The filesystem made for the plan's mount number `i`, if any.
@@ -689,11 +731,11 @@ mod tests {
         let (tx, rx) = crate::run::tty::socketpair().unwrap();
         let files = [("hostname", "box\n".to_owned())];
         let old = nix::sys::stat::umask(Mode::from_bits_truncate(0o077));
-        let sent = Prebuilt::send_scratch(tx.as_fd(), Path::new("/scratch"), Some("1m"), &files);
+        let made = scratch_fs(Path::new("/scratch"), Some("1m"), &files);
         nix::sys::stat::umask(old);
-        sent.unwrap();
+        Prebuilt::send_scratch(tx.as_fd(), Some(made.unwrap())).unwrap();
         Prebuilt::send(tx.as_fd(), &[], false, true).unwrap();
-        let scratch = Prebuilt::receive_scratch(rx.as_fd()).expect("the scratch");
+        let scratch = Prebuilt::receive_scratch(rx.as_fd()).unwrap().expect("the scratch");
         for (name, mode) in [("upper", 0o040755), ("work", 0o040755), ("rootfs", 0o040755), ("hostname", 0o100644)] {
             let st = nix::sys::stat::fstatat(scratch.as_fd(), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).unwrap();
             assert_eq!(st.st_mode, mode, "{name}");
@@ -701,6 +743,29 @@ mod tests {
         // The second message is the plan's (empty here).
         let mut rest = Prebuilt::receive(rx.as_fd(), 0);
         assert!(rest.take(0).is_none() && rest.take_mask().is_none());
+    }
+
+    #[test]
+    fn a_message_without_descriptors_is_not_the_end() {
+        let (tx, rx) = crate::run::tty::socketpair().unwrap();
+        // A store scratch: the first message says "go" and carries nothing.
+        Prebuilt::send_scratch(tx.as_fd(), None).unwrap();
+        assert!(Prebuilt::receive_scratch(rx.as_fd()).unwrap().is_none());
+        Prebuilt::send_ipc(tx.as_fd(), None).unwrap();
+        assert!(Prebuilt::receive_ipc(rx.as_fd()).is_none());
+        // The outer process gone before its first message: init must not go on.
+        drop(tx);
+        assert!(Prebuilt::receive_scratch(rx.as_fd()).is_err());
+    }
+
+    #[test]
+    fn the_ipc_namespace_arrives_as_an_nsfd() {
+        let (tx, rx) = crate::run::tty::socketpair().unwrap();
+        let ns = std::fs::File::open("/proc/thread-self/ns/ipc").unwrap();
+        let sent = nix::sys::stat::fstat(&ns).unwrap();
+        Prebuilt::send_ipc(tx.as_fd(), Some(ns.into())).unwrap();
+        let got = nix::sys::stat::fstat(Prebuilt::receive_ipc(rx.as_fd()).expect("the namespace")).unwrap();
+        assert_eq!((got.st_dev, got.st_ino), (sent.st_dev, sent.st_ino));
     }
 
     #[test]
