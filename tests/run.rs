@@ -178,7 +178,7 @@ fn own_pid_mount_uts_and_ipc_namespaces_while_coracle_stays_in_the_hosts() {
         assert_eq!(inside != host(kind), own, "{kind}: {inside:?} inside, {:?} outside", host(kind));
     }
     // coracle makes the container's IPC namespace itself, then goes back to its own; the
-    // app and init run on the CPUs coracle may use, though init starts on one of them.
+    // app and init run on the CPUs coracle may use, though init may start on fewer.
     let (mut run, pid) = start_named(&fx, "ns", &["/bin/probe", "sleep", "30"]);
     let ns_of = |pid: i32, kind: &str| fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap();
     assert_eq!(ns_of(run.pid(), "ipc"), host("ipc"));

@@ -42,9 +42,6 @@ pub struct ChildConfig {
     pub init: bool,
     pub read_only: bool,
     pub network_none: bool,
-    /// The CPUs init may run on, to put back once the outer process has moved it to one
-    /// of them (launch's `Spread`), if it did.
-    pub affinity: Option<nix::sched::CpuSet>,
     /// Taken by the child when it places them at their fixed fds.
     pub pipes: Option<ChildPipes>,
 }
@@ -193,21 +190,23 @@ fn setup_and_run(mut cfg: ChildConfig) -> Result<Never, Failure> {
     rootfs::make_private()?;
     let notify = cfg.scratch.notify.then(|| unsafe_borrow(fd(NOTIFY)));
     let mounts = unsafe_borrow(fd(MOUNTS));
+    // While the outer process makes the scratch and the overlay: what only init can make.
+    let own = rootfs::Prebuilt::make_own(&cfg.plan, cfg.network_none);
     // The outer process's first message, once it holds the image's layers: the tmpfs
     // scratch, if it made one (rootfs::Prebuilt).
     let scratch = rootfs::Prebuilt::receive_scratch(mounts)?;
-    // Moved to one CPU by now, if at all: back to all of them.
-    if let Some(cpus) = &cfg.affinity {
-        nix::sched::sched_setaffinity(Pid::from_raw(0), cpus)?;
-    }
     let rootfs_dir =
         rootfs::prepare_scratch(&cfg.scratch.dir, cfg.scratch.tmpfs.as_ref(), scratch, &cfg.hostname, notify)?;
-    // SAFETY: bound (or unused): the outer process keeps its own copy of the socket.
-    unsafe { libc::close(fd(NOTIFY)) };
+    if notify.is_some() {
+        // SAFETY: bound: the outer process keeps its own copy of the socket. (Without a
+        // relay the slot is empty, and a descriptor received since may have its number.)
+        unsafe { libc::close(fd(NOTIFY)) };
+    }
     rootfs::mount_rootfs(&cfg.overlay, &rootfs_dir)?;
     let root = nix::fcntl::open(&rootfs_dir, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
     // What the outer process made meanwhile (it is done by now, as a rule).
     let mut prebuilt = rootfs::Prebuilt::receive(mounts, cfg.plan.len());
+    prebuilt.add(own);
     let mut ipc = Some(mounts);
     for (i, m) in cfg.plan.iter().enumerate() {
         // /dev/mqueue is the mqueue of the IPC namespace its mounter is in.

@@ -151,5 +151,5 @@ pub fn exec(state_dir: &Path, r: ExecRequest) -> Result<Outcome, RunError> {
         (master.is_some() && nix::unistd::isatty(std::io::stdin()).unwrap_or(false)).then(super::tty::RawMode::enter);
     let status = supervise(&sfd, &child_pidfd, master.as_ref(), r.interactive, None);
     let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old_mask), None);
-    outcome(status?, error_r, None)
+    outcome(status?, error_r, "")
 }

@@ -266,33 +266,42 @@ impl Drop for Starting<'_> {
     }
 }
 
-/// Where init starts. A new process is queued on its parent's CPU and would wait there
-/// until the parent sleeps, so the outer process's share of the setup (rootfs::Prebuilt)
-/// and init's would run one after the other. Init is moved to another CPU this process
-/// may use, and puts `allowed` back itself once it has the first message (sent after the
-/// move), before anything it starts could inherit the one CPU.
+/// Where init starts. Here a new process is queued on its parent's CPU and would wait
+/// there until the parent sleeps, so the outer process's share of the setup
+/// (rootfs::Prebuilt) and init's would run one after the other. When another CPU this
+/// process may use is idle, init is moved to the others as soon as it exists, and let go
+/// again before it gets the first message (so before it can start anything that would
+/// inherit the narrower set). When none is idle, moving it would only queue it behind
+/// another task: it stays.
 struct Spread {
     allowed: nix::sched::CpuSet,
-    other: usize,
 }
 
 impl Spread {
-    /// None when this process may use one CPU only.
-    fn plan() -> Option<Spread> {
-        let allowed = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).ok()?;
+    /// Moves `pid` off this CPU if another allowed one looks idle; None if not moved.
+    fn start(pid: i32) -> Option<Spread> {
+        let me = nix::unistd::Pid::from_raw(0);
+        let allowed = nix::sched::sched_getaffinity(me).ok()?;
+        let cpus = (0..nix::sched::CpuSet::count()).filter(|&c| allowed.is_set(c).unwrap_or(false)).count();
+        // The kernel's count of runnable tasks (4th field of /proc/loadavg,
+        // "running/total"), this one and init (queued behind it) included: the others
+        // leave a CPU idle if they are fewer than our CPUs less this one.
+        let loadavg = fs::read_to_string("/proc/loadavg").ok()?;
+        let running: usize = loadavg.split_whitespace().nth(3)?.split('/').next()?.parse().ok()?;
+        if running.saturating_sub(2) + 1 >= cpus {
+            return None;
+        }
         // SAFETY: sched_getcpu(3) only reads.
         let here = unsafe { libc::sched_getcpu() };
-        let other =
-            (0..nix::sched::CpuSet::count()).find(|&c| c as i32 != here && allowed.is_set(c).unwrap_or(false))?;
-        Some(Spread { allowed, other })
+        let mut others = allowed;
+        others.unset(usize::try_from(here).ok()?).ok()?;
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(pid), &others).ok()?;
+        Some(Spread { allowed })
     }
 
-    /// Moves the (not yet running, as a rule) child `pid` to the other CPU.
-    fn apply(&self, pid: i32) {
-        let mut one = nix::sched::CpuSet::new();
-        if one.set(self.other).is_ok() {
-            let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(pid), &one);
-        }
+    /// Gives `pid` back all the CPUs it may use.
+    fn release(&self, pid: i32) -> nix::Result<()> {
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(pid), &self.allowed)
     }
 }
 
@@ -349,9 +358,7 @@ fn launch(
     if l.network_none {
         flags |= libc::CLONE_NEWNET as u64;
     }
-    let spread = Spread::plan();
     let cfg = ChildConfig {
-        affinity: spread.as_ref().map(|s| s.allowed),
         overlay: Overlay {
             lowers: l.image.layers.iter().rev().map(|x| l.store.layer_root(&x.diff_id)).collect(),
             // Always an upper: mount points are created there (scratch); --read-only
@@ -403,19 +410,24 @@ fn launch(
     // Init starts on its namespace while this process pins the image, makes what it can
     // for it and sends it (rootfs::Prebuilt), then the state file. An error from here on
     // kills init before returning.
-    if let Some(s) = &spread {
-        s.apply(init_pid);
-    }
+    let spread = Spread::start(init_pid);
     let mut starting = Starting { pidfd: &pidfd, armed: true, pinned: None };
     starting.pinned = Some(pin(l, &cfg.scratch, &cfg.hostname)?);
     // Failing to make or send them is no error here: init then makes them itself.
-    let scratch = match &cfg.scratch.tmpfs {
-        Some(size) => rootfs::scratch_fs(&cfg.scratch.dir, size.as_deref(), &rootfs::etc_files(&cfg.hostname)).ok(),
-        None => None,
-    };
-    let _ = Prebuilt::send_scratch(mounts_tx.as_fd(), scratch);
+    let dir = &cfg.scratch.dir;
+    let scratch = cfg.scratch.tmpfs.as_ref().and_then(|size| rootfs::scratch_fs(dir, size.as_deref(), &[]).ok());
+    if let Some(s) = &spread {
+        s.release(init_pid).map_err(|e| RunError::setup("give init its CPUs back", e))?;
+    }
+    let _ = Prebuilt::send_scratch(mounts_tx.as_fd(), scratch.as_ref().map(|s| s.as_fd()));
+    // The /etc files after the scratch, which init needs first: init binds them only
+    // once it has the next message.
+    if let Some(s) = scratch {
+        rootfs::write_etc_files(s.as_fd(), dir, &rootfs::etc_files(&cfg.hostname))
+            .map_err(|e| RunError::setup("write the container's /etc files", e))?;
+    }
     let _ = Prebuilt::send(mounts_tx.as_fd(), &cfg.plan, l.network_none, plan.privileged);
-    let _ = Prebuilt::send_ipc(mounts_tx.as_fd(), new_ipc_namespace().ok());
+    let _ = Prebuilt::send_ipc(mounts_tx.as_fd(), new_ipc_namespace().ok().as_ref().map(|n| n.as_fd()));
     drop(mounts_tx);
     drop(cfg);
     let sfd = SignalFd::with_flags(&SigSet::all(), SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
@@ -442,7 +454,7 @@ fn launch(
         Ok(_) => first_child(init_pid),
         Err(_) => None,
     };
-    let _state = match app_pid {
+    let state = match app_pid {
         Some(pid) => {
             let s = State {
                 id: id.to_owned(),
@@ -485,6 +497,24 @@ fn launch(
     // Init is waited for from here on, whatever happens; the layers stay pinned until
     // then.
     let _pinned = starting.started();
+    // The container's bookkeeping goes as soon as its app has ended: the state file,
+    // and the pid and ID files, which name a container that is gone (if still ours).
+    let ended = move || {
+        drop(state);
+        if let (Some(p), Some(pid)) = (&l.pid_file, app_pid) {
+            if fs::read_to_string(p).is_ok_and(|c| c.trim() == pid.to_string()) {
+                let _ = fs::remove_file(p);
+            }
+        }
+        if let (Some(p), Some(_)) = (&l.cidfile, app_pid) {
+            if fs::read_to_string(p).is_ok_and(|c| c.trim() == id) {
+                let _ = fs::remove_file(p);
+            }
+        }
+    };
+    // Init reports the app's end on its status pipe, then exits; without init the pipe
+    // only ends with the app's exec (close-on-exec), which says nothing.
+    let (status, status_r) = if l.init { (Some(status_r), None) } else { (None, Some(status_r)) };
     let mut watch = Watch {
         relay: relay.as_ref(),
         exec: Some(exec_r),
@@ -492,21 +522,23 @@ fn launch(
             Some((notify::Mode::Started, target)) => Some(target),
             _ => None,
         },
+        status,
+        reported: String::new(),
+        ended: Some(Box::new(ended)),
     };
     let init_status = supervise(&sfd, &pidfd, master.as_ref(), l.interactive, Some(&mut watch))?;
-    // The pid and ID files name a container that is gone now: remove them (if they
-    // are still ours).
-    if let (Some(p), Some(pid)) = (&l.pid_file, app_pid) {
-        if fs::read_to_string(p).is_ok_and(|c| c.trim() == pid.to_string()) {
-            let _ = fs::remove_file(p);
-        }
+    if let Some(f) = watch.ended.take() {
+        f();
     }
-    if let (Some(p), Some(_)) = (&l.cidfile, app_pid) {
-        if fs::read_to_string(p).is_ok_and(|c| c.trim() == id) {
-            let _ = fs::remove_file(p);
+    let reported = match watch.status.take().or(status_r) {
+        Some(fd) => {
+            let mut s = String::new();
+            let _ = File::from(fd).read_to_string(&mut s);
+            s
         }
-    }
-    outcome(init_status, error_r, Some(status_r))
+        None => std::mem::take(&mut watch.reported),
+    };
+    outcome(init_status, error_r, &reported)
 }
 
 /// Takes the names lock of the state dir and checks `name` is free; with `replace`, a
@@ -549,6 +581,14 @@ pub(crate) struct Watch<'a> {
     pub relay: Option<&'a notify::Relay>,
     pub exec: Option<OwnedFd>,
     pub announce: Option<&'a notify::Target>,
+    /// Init's status pipe: readable once the app has ended and init reports how, just
+    /// before it exits (EOF if it exits without a word).
+    pub status: Option<OwnedFd>,
+    /// What init reported there.
+    pub reported: String,
+    /// Run once the status pipe is readable: the container's bookkeeping (state file, pid
+    /// and ID files) goes while init tears the container down, not after.
+    pub ended: Option<Box<dyn FnOnce() + 'a>>,
 }
 
 impl Watch<'_> {
@@ -568,6 +608,23 @@ impl Watch<'_> {
             }
             // A byte or an error: the app never ran.
             _ => {}
+        }
+    }
+
+    fn status_ready(&mut self) {
+        let Some(fd) = self.status.take() else { return };
+        let mut b = [0u8; 64];
+        match nix::unistd::read(&fd, &mut b) {
+            Err(Errno::EINTR | Errno::EAGAIN) => {
+                self.status = Some(fd);
+                return;
+            }
+            // One write of a few bytes: all of it, or EOF.
+            Ok(n) => self.reported = String::from_utf8_lossy(&b[..n]).into_owned(),
+            Err(_) => {}
+        }
+        if let Some(f) = self.ended.take() {
+            f();
         }
     }
 
@@ -604,14 +661,13 @@ pub(crate) fn supervise(
         }
         // Optional watches go last, at indexes found by position.
         let base = fds.len();
-        let (relay_fd, exec_fd) = match &watch {
-            Some(w) => (w.relay.map(|r| r.socket()), w.exec.as_ref().map(|f| f.as_fd())),
-            None => (None, None),
+        let (relay_fd, exec_fd, status_fd) = match &watch {
+            Some(w) => {
+                (w.relay.map(|r| r.socket()), w.exec.as_ref().map(|f| f.as_fd()), w.status.as_ref().map(|f| f.as_fd()))
+            }
+            None => (None, None, None),
         };
-        if let Some(f) = relay_fd {
-            fds.push(PollFd::new(f, PollFlags::POLLIN));
-        }
-        if let Some(f) = exec_fd {
+        for f in [relay_fd, exec_fd, status_fd].into_iter().flatten() {
             fds.push(PollFd::new(f, PollFlags::POLLIN));
         }
         match poll(&mut fds, PollTimeout::NONE) {
@@ -624,6 +680,8 @@ pub(crate) fn supervise(
         let in_ready = relay_stdin && ready(if relay_out { 3 } else { 2 });
         let notify_ready = relay_fd.is_some() && ready(base);
         let exec_ready = exec_fd.is_some() && ready(base + usize::from(relay_fd.is_some()));
+        let status_ready =
+            status_fd.is_some() && ready(base + usize::from(relay_fd.is_some()) + usize::from(exec_fd.is_some()));
         drop(fds);
         if let Some(w) = watch.as_deref_mut() {
             if notify_ready {
@@ -631,6 +689,9 @@ pub(crate) fn supervise(
             }
             if exec_ready {
                 w.exec_pipe_ready();
+            }
+            if status_ready {
+                w.status_ready();
             }
         }
         if sig_ready {
@@ -680,19 +741,11 @@ pub(crate) fn supervise(
 
 /// How the app ended: an error the container reported (setup or exec), else the status
 /// init reported, else the status of the process we waited for.
-pub(crate) fn outcome(
-    init_status: WaitStatus,
-    error_r: OwnedFd,
-    status_r: Option<OwnedFd>,
-) -> Result<Outcome, RunError> {
+pub(crate) fn outcome(init_status: WaitStatus, error_r: OwnedFd, status: &str) -> Result<Outcome, RunError> {
     let mut error = String::new();
     let _ = File::from(error_r).read_to_string(&mut error);
     if let Some((code, msg)) = error.split_once(' ') {
         return Err(RunError { code: code.parse().unwrap_or(EXIT_SETUP), message: msg.to_owned() });
-    }
-    let mut status = String::new();
-    if let Some(r) = status_r {
-        let _ = File::from(r).read_to_string(&mut status);
     }
     let parsed = status.split_once(' ').and_then(|(k, v)| Some((k.to_owned(), v.parse::<i32>().ok()?)));
     Ok(match (parsed, init_status) {

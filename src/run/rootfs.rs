@@ -135,6 +135,14 @@ pub fn fill_scratch(d: BorrowedFd<'_>, dir: &Path, files: &[(&str, String)]) -> 
         for sub in ["upper", "work", "rootfs"] {
             mkdirat(d, sub, Mode::from_bits_truncate(0o755)).map_err(nerr("create", dir.join(sub)))?;
         }
+        Ok(())
+    })?;
+    write_etc_files(d, dir, files)
+}
+
+/// The /etc files (0644, whatever the umask) in the scratch `d`.
+pub fn write_etc_files(d: BorrowedFd<'_>, dir: &Path, files: &[(&str, String)]) -> Result<(), RootfsError> {
+    without_umask(|| {
         for (name, content) in files {
             let f = openat(
                 d,
@@ -406,8 +414,8 @@ fn source(m: &Mount) -> Result<OwnedFd, RootfsError> {
 /// namespaces (the two run at once, on two CPUs), passed to init over a socket
 /// (SCM_RIGHTS) in three messages, which init reads in this order:
 ///
-/// 1. once the outer holds the image's layers: the scratch tmpfs with its contents (or,
-///    with a store scratch, nothing: the outer made and filled the dir);
+/// 1. once the outer holds the image's layers: the scratch tmpfs with its directories
+///    (with a store scratch, none: the outer made and filled the dir);
 /// 2. the filesystems of the plan that are the same whoever makes them: tmpfs, devpts (a
 ///    new instance) and, on the host's network, sysfs; and the mask tmpfs;
 /// 3. the container's IPC namespace ([`Prebuilt::send_ipc`]).
@@ -436,7 +444,7 @@ const MAX_PREBUILT: usize = 32;
 
 /// One message: a tag byte per descriptor, the descriptors with SCM_RIGHTS; a message
 /// with none is the one byte NONE_TAG (never empty: zero bytes read as the end).
-fn send_tagged(sock: BorrowedFd<'_>, made: &[(u8, OwnedFd)]) -> io::Result<()> {
+fn send_tagged(sock: BorrowedFd<'_>, made: &[(u8, BorrowedFd<'_>)]) -> io::Result<()> {
     let tags: Vec<u8> = if made.is_empty() { vec![NONE_TAG] } else { made.iter().map(|(t, _)| *t).collect() };
     let raw: Vec<i32> = made.iter().map(|(_, f)| f.as_raw_fd()).collect();
     let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&raw)];
@@ -479,8 +487,9 @@ fn find_tagged(got: Vec<(u8, OwnedFd)>, tag: u8) -> Option<OwnedFd> {
 
 impl Prebuilt {
     /// Outer side, first message, sent once the image's layers are pinned: the scratch
-    /// tmpfs ([`scratch_fs`]) if one was made.
-    pub fn send_scratch(sock: BorrowedFd<'_>, scratch: Option<OwnedFd>) -> io::Result<()> {
+    /// tmpfs ([`scratch_fs`]), if one was made. Its /etc files may follow: init uses
+    /// them only after the second message.
+    pub fn send_scratch(sock: BorrowedFd<'_>, scratch: Option<BorrowedFd<'_>>) -> io::Result<()> {
         send_tagged(sock, &scratch.map(|f| (SCRATCH_TAG, f)).into_iter().collect::<Vec<_>>())
     }
 
@@ -515,7 +524,7 @@ impl Prebuilt {
                 made.push((MASK_TAG, mnt));
             }
         }
-        send_tagged(sock, &made)
+        send_tagged(sock, &made.iter().map(|(t, f)| (*t, f.as_fd())).collect::<Vec<_>>())
     }
 
     /// Init side: what the outer sent on `sock` for a plan of `len` mounts. Nothing
@@ -533,13 +542,33 @@ impl Prebuilt {
     }
 
     /// Outer side, third message: the container's IPC namespace (an nsfd), if made.
-    pub fn send_ipc(sock: BorrowedFd<'_>, ns: Option<OwnedFd>) -> io::Result<()> {
+    pub fn send_ipc(sock: BorrowedFd<'_>, ns: Option<BorrowedFd<'_>>) -> io::Result<()> {
         send_tagged(sock, &ns.map(|f| (IPC_TAG, f)).into_iter().collect::<Vec<_>>())
     }
 
     /// Init side: the IPC namespace the outer sent, if it made one.
     pub fn receive_ipc(sock: BorrowedFd<'_>) -> Option<OwnedFd> {
         receive_tagged(sock).and_then(|got| find_tagged(got, IPC_TAG))
+    }
+
+    /// Init side, before the outer's first message: the filesystems of `plan` that belong
+    /// to init's own new namespaces and need no rootfs to be made: /proc (the PID
+    /// namespace) and, in a new network namespace, /sys. Best effort, like the outer's.
+    pub fn make_own(plan: &[Mount], network_none: bool) -> Vec<(usize, OwnedFd)> {
+        let own = |m: &Mount| match m.source {
+            Source::Fs(fs) => fs == "proc" || (fs == "sysfs" && network_none),
+            Source::Bind(_) => false,
+        };
+        plan.iter().enumerate().filter(|(_, m)| own(m)).filter_map(|(i, m)| Some((i, source(m).ok()?))).collect()
+    }
+
+    /// Adds what init made itself ([`Prebuilt::make_own`]).
+    pub fn add(&mut self, made: Vec<(usize, OwnedFd)>) {
+        for (i, fd) in made {
+            if let Some(slot) = self.mounts.get_mut(i) {
+                *slot = Some(fd);
+            }
+        }
     }
 
     /// The filesystem made for the plan's mount number `i`, if any.
@@ -733,7 +762,8 @@ mod tests {
         let old = nix::sys::stat::umask(Mode::from_bits_truncate(0o077));
         let made = scratch_fs(Path::new("/scratch"), Some("1m"), &files);
         nix::sys::stat::umask(old);
-        Prebuilt::send_scratch(tx.as_fd(), Some(made.unwrap())).unwrap();
+        let made = made.unwrap();
+        Prebuilt::send_scratch(tx.as_fd(), Some(made.as_fd())).unwrap();
         Prebuilt::send(tx.as_fd(), &[], false, true).unwrap();
         let scratch = Prebuilt::receive_scratch(rx.as_fd()).unwrap().expect("the scratch");
         for (name, mode) in [("upper", 0o040755), ("work", 0o040755), ("rootfs", 0o040755), ("hostname", 0o100644)] {
@@ -763,7 +793,7 @@ mod tests {
         let (tx, rx) = crate::run::tty::socketpair().unwrap();
         let ns = std::fs::File::open("/proc/thread-self/ns/ipc").unwrap();
         let sent = nix::sys::stat::fstat(&ns).unwrap();
-        Prebuilt::send_ipc(tx.as_fd(), Some(ns.into())).unwrap();
+        Prebuilt::send_ipc(tx.as_fd(), Some(ns.as_fd())).unwrap();
         let got = nix::sys::stat::fstat(Prebuilt::receive_ipc(rx.as_fd()).expect("the namespace")).unwrap();
         assert_eq!((got.st_dev, got.st_ino), (sent.st_dev, sent.st_ino));
     }
