@@ -60,6 +60,20 @@ pub fn start_writeback(fd: BorrowedFd<'_>) {
     }
 }
 
+/// Opens /dev/null on whichever of fds 0, 1 and 2 is closed (as std's runtime does before
+/// a Rust `main`): a descriptor coracle opens must never take one of their numbers, where
+/// its messages, or a child's, would be written to it.
+pub fn open_standard_fds() {
+    for fd in 0..3 {
+        // SAFETY: F_GETFD only asks whether the descriptor is open.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+            // SAFETY: a plain open; the lowest free number is `fd` itself. A failure
+            // leaves it closed, as it was.
+            unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
+        }
+    }
+}
+
 /// Restores the default SIGPIPE disposition, which coracle's caller may have left ignored
 /// (an ignored disposition survives execve): a container's app must not inherit it, and
 /// `coracle images | head` should end quietly like any Unix tool.

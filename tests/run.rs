@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::io::Read;
 use std::os::fd::AsRawFd;
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -178,7 +178,8 @@ fn own_pid_mount_uts_and_ipc_namespaces_while_coracle_stays_in_the_hosts() {
         assert_eq!(inside != host(kind), own, "{kind}: {inside:?} inside, {:?} outside", host(kind));
     }
     // coracle makes the container's IPC namespace itself, then goes back to its own; the
-    // app and init run on the CPUs coracle may use, though init may start on fewer.
+    // app and init run on the CPUs coracle may use, though init may start on fewer (when
+    // a CPU is idle: launch's Spread, whose own test moves a process for sure).
     let (mut run, pid) = start_named(&fx, "ns", &["/bin/probe", "sleep", "30"]);
     let ns_of = |pid: i32, kind: &str| fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap();
     assert_eq!(ns_of(run.pid(), "ipc"), host("ipc"));
@@ -190,6 +191,25 @@ fn own_pid_mount_uts_and_ipc_namespaces_while_coracle_stays_in_the_hosts() {
     assert_eq!(cpus(&init), outer, "init");
     run.signal(libc::SIGTERM);
     let _ = run.finish(Duration::from_secs(10));
+}
+
+#[test]
+fn a_closed_stdin_reaches_the_app_as_dev_null_never_as_a_descriptor_of_coracles() {
+    // With fd 0 closed, the first descriptor coracle opened (a lock file of the store, a
+    // pipe) would take number 0 and reach the app as its stdin.
+    let fx = Fx::new();
+    let mut c = fx.cmd(&["fix", "/bin/probe", "stat", "/proc/self/fd/0"]);
+    // SAFETY: only close(2) between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            libc::close(0);
+            Ok(())
+        });
+    }
+    let o = Out(c.output().unwrap());
+    assert_eq!(o.code(), Some(0), "{}", o.stderr());
+    let p: Value = serde_json::from_str(o.stdout().trim()).unwrap();
+    assert_eq!(p["link"], "/dev/null", "{p}");
 }
 
 #[test]

@@ -280,8 +280,7 @@ struct Spread {
 impl Spread {
     /// Moves `pid` off this CPU if another allowed one looks idle; None if not moved.
     fn start(pid: i32) -> Option<Spread> {
-        let me = nix::unistd::Pid::from_raw(0);
-        let allowed = nix::sched::sched_getaffinity(me).ok()?;
+        let allowed = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).ok()?;
         let cpus = (0..nix::sched::CpuSet::count()).filter(|&c| allowed.is_set(c).unwrap_or(false)).count();
         // The kernel's count of runnable tasks (4th field of /proc/loadavg,
         // "running/total"), this one and init (queued behind it) included: the others
@@ -293,8 +292,18 @@ impl Spread {
         }
         // SAFETY: sched_getcpu(3) only reads.
         let here = unsafe { libc::sched_getcpu() };
+        Spread::off(pid, allowed, usize::try_from(here).ok()?)
+    }
+
+    /// Restricts `pid` to the CPUs of `allowed` other than `here`; None if there are none
+    /// or that fails.
+    fn off(pid: i32, allowed: nix::sched::CpuSet, here: usize) -> Option<Spread> {
         let mut others = allowed;
-        others.unset(usize::try_from(here).ok()?).ok()?;
+        others.unset(here).ok()?;
+        let none = (0..nix::sched::CpuSet::count()).all(|c| !others.is_set(c).unwrap_or(false));
+        if none {
+            return None;
+        }
         nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(pid), &others).ok()?;
         Some(Spread { allowed })
     }
@@ -770,4 +779,32 @@ fn write_file_atomic(path: &Path, content: &str) -> io::Result<()> {
     io::Write::write_all(&mut tmp, format!("{content}\n").as_bytes())?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_moves_a_process_off_this_cpu_and_gives_it_all_back() {
+        let me = nix::unistd::Pid::from_raw(0);
+        let allowed = nix::sched::sched_getaffinity(me).unwrap();
+        let cpus: Vec<usize> = (0..nix::sched::CpuSet::count()).filter(|&c| allowed.is_set(c).unwrap()).collect();
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id() as i32;
+        let of = |pid: i32| nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(pid)).unwrap();
+        let spread = Spread::off(pid, allowed, cpus[0]);
+        if cpus.len() == 1 {
+            assert!(spread.is_none(), "nowhere else to go");
+        } else {
+            let spread = spread.expect("moved");
+            let mut others = allowed;
+            others.unset(cpus[0]).unwrap();
+            assert_eq!(of(pid), others);
+            spread.release(pid).unwrap();
+        }
+        assert_eq!(of(pid), allowed);
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
 }

@@ -714,8 +714,13 @@ mod tests {
         );
     }
 
+    /// The umask is the process's: tests that make files with exact modes (or set it)
+    /// take turns.
+    static UMASK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     fn received(network_none: bool, privileged: bool) -> (Vec<Mount>, Prebuilt) {
         require_root();
+        let _turn = UMASK.lock().unwrap_or_else(|e| e.into_inner());
         let p = plan(&PlanOptions {
             privileged,
             tmpfs: vec!["/scratch".into()],
@@ -757,6 +762,7 @@ mod tests {
     #[test]
     fn the_scratch_comes_first_with_its_contents_and_exact_modes() {
         require_root();
+        let _turn = UMASK.lock().unwrap_or_else(|e| e.into_inner());
         let (tx, rx) = crate::run::tty::socketpair().unwrap();
         let files = [("hostname", "box\n".to_owned())];
         let old = nix::sys::stat::umask(Mode::from_bits_truncate(0o077));
