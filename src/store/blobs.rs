@@ -29,7 +29,10 @@ impl Store {
             io::ErrorKind::NotFound => StoreError::MissingBlob(d.clone()),
             _ => StoreError::Io { action: "open", path: p.clone(), source: e },
         })?;
-        let mut data = Vec::new();
+        // Sized from the file's length: one read, not a series of doubling ones (the
+        // config of every `coracle run`).
+        let len = f.metadata().map_or(0, |m| m.len()).min(MAX_DOCUMENT);
+        let mut data = Vec::with_capacity(len as usize + 1);
         f.take(MAX_DOCUMENT + 1).read_to_end(&mut data).map_err(StoreError::io("read", &p))?;
         if data.len() as u64 > MAX_DOCUMENT {
             return Err(StoreError::DocumentTooLarge(d.clone(), MAX_DOCUMENT));
