@@ -190,7 +190,8 @@ fn setup_and_run(mut cfg: ChildConfig) -> Result<Never, Failure> {
     rootfs::make_private()?;
     let notify = cfg.scratch.notify.then(|| unsafe_borrow(fd(NOTIFY)));
     let mounts = unsafe_borrow(fd(MOUNTS));
-    // While the outer process makes the scratch and the overlay: what only init can make.
+    // While the outer process pins the image and makes the scratch: what only init can
+    // make.
     let own = rootfs::Prebuilt::make_own(&cfg.plan, cfg.network_none);
     // The outer process's first message, once it holds the image's layers: the tmpfs
     // scratch, if it made one (rootfs::Prebuilt).

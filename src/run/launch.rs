@@ -1,6 +1,7 @@
-//! The outer side of `coracle run`: prepares the container (locks, scratch dirs, state),
-//! clones the container's init into new namespaces, forwards every signal it receives,
-//! waits, cleans up, and reports how the app ended. A plain foreground process: nothing
+//! The outer side of `coracle run`: clones the container's init into new namespaces,
+//! prepares the container beside it (locks, scratch, filesystems, the IPC namespace,
+//! state), forwards every signal it receives, waits, cleans up, and reports how the app
+//! ended. A plain foreground process: nothing
 //! of it outlives the container, and nothing of the container outlives it.
 
 use std::fs::{self, File};
@@ -422,7 +423,8 @@ fn launch(
     let spread = Spread::start(init_pid);
     let mut starting = Starting { pidfd: &pidfd, armed: true, pinned: None };
     starting.pinned = Some(pin(l, &cfg.scratch, &cfg.hostname)?);
-    // Failing to make or send them is no error here: init then makes them itself.
+    // Failing to make or send the filesystems is no error here: init then makes them
+    // itself (the /etc files it binds excepted).
     let dir = &cfg.scratch.dir;
     let scratch = cfg.scratch.tmpfs.as_ref().and_then(|size| rootfs::scratch_fs(dir, size.as_deref(), &[]).ok());
     if let Some(s) = &spread {

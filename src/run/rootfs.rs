@@ -420,8 +420,9 @@ fn source(m: &Mount) -> Result<OwnedFd, RootfsError> {
 ///    new instance) and, on the host's network, sysfs; and the mask tmpfs;
 /// 3. the container's IPC namespace ([`Prebuilt::send_ipc`]).
 ///
-/// /proc belongs to the PID namespace of whoever mounts it, so init makes it, and the
-/// mqueue of the IPC namespace it has joined. The filesystems are detached mounts: in no
+/// /proc belongs to the PID namespace of whoever mounts it, so init makes it (while it
+/// waits for the first message: [`Prebuilt::make_own`]), and the mqueue of the IPC
+/// namespace it has joined. The filesystems are detached mounts: in no
 /// mount table, gone with the last fd; each is attached by [`apply`] after its target is
 /// resolved inside the rootfs, as one made by init would be. Init makes anything the
 /// outer failed to make, and reports its error.
