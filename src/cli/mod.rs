@@ -182,14 +182,11 @@ fn names_run(args: &[OsString]) -> bool {
 }
 
 impl Cli {
-    /// The command line of `coracle run` alone, as the full one defines it.
+    /// The command line of `coracle run` alone, as the full one defines it: the global
+    /// options and `run`'s.
     fn command_for_run() -> clap::Command {
-        let full = Cli::command_without_subcommands();
-        full.subcommand(run::RunArgs::augment_args(clap::Command::new("run")))
-    }
-
-    fn command_without_subcommands() -> clap::Command {
         Globals::augment_args(clap::Command::new("coracle"))
+            .subcommand(run::RunArgs::augment_args(clap::Command::new("run")))
     }
 }
 
